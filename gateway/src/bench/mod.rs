@@ -1,0 +1,4 @@
+//! Benchmarks: each measures Tidewell and the peer named in its issue side by
+//! side in one run, on this machine, and prints ratios.
+
+pub mod log;

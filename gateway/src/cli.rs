@@ -1,0 +1,326 @@
+//! The `tidewell` command line. `anyhow` lives here and in `main` only.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::log::{self, Log, Offset, OsStorage, Partition, ReadError, StoredRecord};
+
+#[derive(Parser)]
+#[command(
+    name = "tidewell",
+    version,
+    about = "Edge ingestion gateway: MQTT and serial in, a power-loss-safe log, Kafka upstream"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (embedded defaults without --config).
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Inspect the on-disk log.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Benchmarks that compare Tidewell with its peers in one run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Check every batch of every segment (CRC, structure, offsets, indexes). Changes nothing.
+    Verify {
+        #[arg(long, default_value = "tidewell-data")]
+        data_dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records as JSON lines. Changes nothing.
+    Dump(DumpArgs),
+}
+
+#[derive(Args)]
+struct DumpArgs {
+    #[arg(long, default_value = "tidewell-data")]
+    data_dir: PathBuf,
+    /// Only this topic (default: all).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only this partition (default: all).
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Start at this offset (default: the start of each partition).
+    #[arg(long)]
+    from: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable appends from concurrent producers, against SQLite and the raw fdatasync rate.
+    Log(crate::bench::log::BenchArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tidewell: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWELL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => run(config.as_deref()),
+        Command::Log(LogCommand::Verify { data_dir, json }) => verify(&data_dir, json),
+        Command::Log(LogCommand::Dump(args)) => dump(&args),
+        Command::Bench(BenchCommand::Log(args)) => {
+            crate::bench::log::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = match config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let log = Log::open(Arc::new(OsStorage), config.log_config())
+        .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "log open; buffer-only mode (no upstream configured)");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?;
+    runtime.block_on(wait_for_stop())?;
+    tracing::info!("stopping: syncing the log");
+    log.close();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn open_existing(data_dir: &Path) -> anyhow::Result<Log> {
+    if !data_dir.is_dir() {
+        bail!("{}: no such directory", data_dir.display());
+    }
+    Ok(Log::open_read_only(Arc::new(OsStorage), data_dir)?)
+}
+
+fn verify(data_dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let log = open_existing(data_dir)?;
+    let report = log::verify::verify(&log)?;
+    let rebuilt: Vec<String> = log
+        .findings()
+        .iter()
+        .filter_map(|f| match f {
+            log::Finding::IndexRebuilt { path } => Some(format!(
+                "{}: index does not match its segment (rebuilt at the next start)",
+                path.display()
+            )),
+            log::Finding::BadCheckpoint { path, what } => {
+                Some(format!("{}: {what}", path.display()))
+            }
+            log::Finding::StrayFile { path } => {
+                Some(format!("{}: unknown file (ignored)", path.display()))
+            }
+            _ => None,
+        })
+        .collect();
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"report": report, "notes": rebuilt, "ok": !report.damaged()})
+            )?
+        );
+    } else {
+        print_verify(&report, &rebuilt);
+    }
+    Ok(if report.damaged() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_verify(report: &log::verify::Report, notes: &[String]) {
+    for p in &report.partitions {
+        println!(
+            "{}/{}: offsets {}..{}, {} segments, {} batches, {} records, {} bytes",
+            p.topic,
+            p.partition,
+            p.start_offset,
+            p.end_offset,
+            p.segments,
+            p.batches,
+            p.records,
+            p.bytes
+        );
+        for problem in &p.problems {
+            let at = problem
+                .position
+                .map(|x| format!(" at byte {x}"))
+                .unwrap_or_default();
+            let level = if problem.damage { "DAMAGE" } else { "note" };
+            println!(
+                "  {level}: {}{at}: {}",
+                problem.path.display(),
+                problem.what
+            );
+        }
+    }
+    for note in notes {
+        println!("note: {note}");
+    }
+    println!(
+        "{}",
+        if report.damaged() {
+            "verify: DAMAGED"
+        } else {
+            "verify: OK"
+        }
+    );
+}
+
+fn dump(args: &DumpArgs) -> anyhow::Result<ExitCode> {
+    let log = open_existing(&args.data_dir)?;
+    if let Some(topic) = &args.topic {
+        if log.topic(topic).is_none() {
+            bail!("no topic {topic:?} in {}", args.data_dir.display());
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut damaged = false;
+    for topic in log.topics() {
+        if args.topic.as_ref().is_some_and(|t| t != &topic.name) {
+            continue;
+        }
+        for part in &topic.partitions {
+            if args.partition.is_some_and(|p| p != part.id.0) {
+                continue;
+            }
+            damaged |= dump_partition(&log, &topic.name, part.id, args.from, &mut out)?;
+        }
+    }
+    out.flush()?;
+    Ok(if damaged {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Dumps one partition; damaged stretches are reported on stderr and skipped.
+fn dump_partition(
+    log: &Log,
+    topic: &str,
+    partition: Partition,
+    from: Option<u64>,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let (start, end) = log
+        .offsets(topic, partition)
+        .context("partition vanished")?;
+    let mut next = from.map_or(start, Offset).max(start);
+    let mut damaged = false;
+    while next < end {
+        match log.read(topic, partition, next, 1 << 20) {
+            Ok(records) if records.is_empty() => break,
+            Ok(records) => {
+                for record in &records {
+                    writeln!(out, "{}", record_json(topic, partition, record))?;
+                }
+                next = Offset(records[records.len() - 1].offset.0 + 1);
+            }
+            Err(e) => {
+                damaged = true;
+                eprintln!("tidewell: {topic}/{partition}: {e}");
+                match resume_point(&e) {
+                    Some(resume) if resume > next => next = resume,
+                    _ => break,
+                }
+            }
+        }
+    }
+    Ok(damaged)
+}
+
+fn resume_point(e: &ReadError) -> Option<Offset> {
+    match e {
+        ReadError::Corrupt { resume_at, .. } => *resume_at,
+        ReadError::Missing { to, .. } => Some(*to),
+        _ => None,
+    }
+}
+
+fn record_json(topic: &str, partition: Partition, stored: &StoredRecord) -> serde_json::Value {
+    let r = &stored.record;
+    let mut value = json!({
+        "topic": topic,
+        "partition": partition.0,
+        "offset": stored.offset.0,
+        "timestamp_ms": r.timestamp_ms,
+    });
+    put_bytes(&mut value, "key", r.key.as_deref());
+    put_bytes(&mut value, "payload", Some(&r.value));
+    let headers: Vec<serde_json::Value> = r
+        .headers
+        .iter()
+        .map(|(name, v)| {
+            let mut h = json!({ "name": name });
+            put_bytes(&mut h, "value", Some(v));
+            h
+        })
+        .collect();
+    value["headers"] = json!(headers);
+    value
+}
+
+/// UTF-8 text under `name`, anything else base64 under `name_base64`.
+fn put_bytes(target: &mut serde_json::Value, name: &str, bytes: Option<&[u8]>) {
+    match bytes {
+        None => target[name] = serde_json::Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(text) => target[name] = json!(text),
+            Err(_) => {
+                target[format!("{name}_base64")] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(b))
+            }
+        },
+    }
+}

@@ -1,0 +1,153 @@
+//! Retention: deleting whole segments by age and by quota, run by the writer.
+//!
+//! Order of a deletion: persist the partition's new start offset (and any gap)
+//! in its checkpoint, then delete the files, then fsync the directory. A crash
+//! in between leaves files below the start offset, which open deletes.
+
+use std::sync::Arc;
+
+use super::config::WhenFull;
+use super::error::{CheckpointError, StorageContext};
+use super::partition::{delete_segment_files, PartitionLog};
+use super::segment::SegmentRef;
+use super::TopicLog;
+
+/// Most gaps remembered per partition; older ones are merged into the count.
+const MAX_GAPS: usize = 1000;
+
+/// A segment that may be deleted, and whether doing so loses unreplicated data.
+struct Candidate {
+    part: Arc<PartitionLog>,
+    seg: SegmentRef,
+    replicated: bool,
+}
+
+/// Oldest non-active segment of the topic (by newest record), optionally only
+/// among replicated ones.
+fn oldest(topic: &TopicLog, replication_enabled: bool, only_replicated: bool) -> Option<Candidate> {
+    let mut best: Option<Candidate> = None;
+    for part in &topic.partitions {
+        let state = part.state();
+        let Some((_, seg)) = state.segments.iter().next() else {
+            continue;
+        };
+        if state.segments.len() < 2 {
+            continue; // never delete the active segment
+        }
+        let replicated = replication_enabled
+            && state
+                .meta
+                .replicated
+                .is_some_and(|r| seg.end_offset().0 <= r);
+        if only_replicated && !replicated {
+            continue;
+        }
+        let older = best
+            .as_ref()
+            .is_none_or(|b| seg.max_timestamp_ms() < b.seg.max_timestamp_ms());
+        if older {
+            best = Some(Candidate {
+                part: part.clone(),
+                seg: seg.clone(),
+                replicated,
+            });
+        }
+    }
+    best
+}
+
+/// Deletes one segment, recording a gap when it held unreplicated data.
+fn delete(candidate: Candidate, replication_enabled: bool) -> Result<u64, CheckpointError> {
+    let Candidate {
+        part,
+        seg,
+        replicated,
+    } = candidate;
+    let freed = seg.size();
+    let end = seg.end_offset().0;
+    let mut meta = part.state().meta.clone();
+    meta.start = meta.start.max(end);
+    if !replicated {
+        let dropped = end - seg.base.0;
+        meta.dropped_records += dropped;
+        if replication_enabled {
+            push_gap(&mut meta.gaps, seg.base.0, end);
+        }
+        tracing::warn!(
+            topic = %part.topic, partition = %part.id, from = seg.base.0, to = end,
+            "quota reached: dropped {dropped} records that were not replicated"
+        );
+    }
+    part.save_meta(meta)?;
+    part.state_mut().segments.remove(&seg.base.0);
+    delete_segment_files(&*part.storage, &part.dir, seg.base)?;
+    part.storage.sync_dir(&part.dir).context(&part.dir)?;
+    Ok(freed)
+}
+
+fn push_gap(gaps: &mut Vec<(u64, u64)>, from: u64, to: u64) {
+    match gaps.last_mut() {
+        Some(last) if last.1 == from => last.1 = to,
+        _ => gaps.push((from, to)),
+    }
+    if gaps.len() > MAX_GAPS {
+        gaps.remove(0);
+    }
+}
+
+pub fn topic_bytes(topic: &TopicLog) -> u64 {
+    topic
+        .partitions
+        .iter()
+        .map(|p| p.state().size_bytes())
+        .sum()
+}
+
+/// Frees space until `incoming` more bytes fit in the topic's quota (and the
+/// disk is above its reserve, when `disk_low`). Replicated segments go first;
+/// unreplicated ones only under `drop_oldest`. Returns whether it fits now.
+pub fn make_room(
+    topic: &TopicLog,
+    incoming: u64,
+    disk_low: bool,
+    replication_enabled: bool,
+) -> Result<bool, CheckpointError> {
+    let quota = topic.config.retention_bytes.unwrap_or(u64::MAX);
+    let mut used = topic_bytes(topic);
+    let mut low = disk_low;
+    while low || used.saturating_add(incoming) > quota {
+        let victim =
+            oldest(topic, replication_enabled, true).or_else(|| match topic.config.when_full {
+                WhenFull::DropOldest => oldest(topic, replication_enabled, false),
+                WhenFull::RejectNew => None,
+            });
+        let Some(victim) = victim else {
+            return Ok(!low && topic.config.when_full == WhenFull::DropOldest);
+        };
+        used -= delete(victim, replication_enabled)?.min(used);
+        low = false; // one segment per check: the caller measures the disk again
+    }
+    Ok(true)
+}
+
+/// Deletes segments whose newest record is older than the topic's age limit
+/// (only replicated ones while replication is on).
+pub fn expire(
+    topic: &TopicLog,
+    now_ms: i64,
+    replication_enabled: bool,
+) -> Result<(), CheckpointError> {
+    let Some(limit) = topic.config.retention_ms else {
+        return Ok(());
+    };
+    let cutoff = now_ms.saturating_sub(limit as i64);
+    loop {
+        let candidate = oldest(topic, replication_enabled, replication_enabled);
+        match candidate {
+            Some(c) if c.seg.max_timestamp_ms() < cutoff => {
+                delete(c, replication_enabled)?;
+            }
+            _ => return Ok(()),
+        }
+    }
+}

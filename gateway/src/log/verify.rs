@@ -1,0 +1,171 @@
+//! `tidewell log verify`: reads every batch of every segment, checks CRCs,
+//! record structure, offset continuity and the indexes.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::error::{StorageContext, StorageError};
+use super::partition::PartitionLog;
+use super::recovery;
+use super::segment::{read_batch_from, Segment};
+use super::types::Offset;
+use super::Log;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub position: Option<u64>,
+    pub what: String,
+    /// False for a torn tail, which recovery truncates at the next start.
+    pub damage: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    pub topic: String,
+    pub partition: u32,
+    pub segments: usize,
+    pub batches: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub partitions: Vec<PartitionReport>,
+}
+
+impl Report {
+    pub fn damaged(&self) -> bool {
+        self.partitions
+            .iter()
+            .any(|p| p.problems.iter().any(|x| x.damage))
+    }
+}
+
+pub fn verify(log: &Log) -> Result<Report, StorageError> {
+    let mut partitions = Vec::new();
+    for topic in log.topics() {
+        for part in &topic.partitions {
+            partitions.push(verify_partition(part)?);
+        }
+    }
+    Ok(Report { partitions })
+}
+
+fn verify_partition(part: &PartitionLog) -> Result<PartitionReport, StorageError> {
+    let segments: Vec<_> = part.state().segments.values().cloned().collect();
+    let mut report = PartitionReport {
+        topic: part.topic.clone(),
+        partition: part.id.0,
+        segments: segments.len(),
+        batches: 0,
+        records: 0,
+        bytes: 0,
+        start_offset: part.state().start_offset().0,
+        end_offset: part.state().next_offset.0,
+        problems: Vec::new(),
+    };
+    for (i, seg) in segments.iter().enumerate() {
+        let next_base = segments.get(i + 1).map(|s| Offset(s.base.0));
+        verify_segment(seg, next_base, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn verify_segment(
+    seg: &Segment,
+    next_base: Option<Offset>,
+    report: &mut PartitionReport,
+) -> Result<(), StorageError> {
+    let file = seg.log_file();
+    let len = file.len().context(&seg.log_path)?;
+    let scan = recovery::scan(&**file, 0, Offset(seg.base.0), len).context(&seg.log_path)?;
+    let mut problem = |position: Option<u64>, what: String, damage: bool| {
+        report.problems.push(Problem {
+            path: seg.log_path.clone(),
+            position,
+            what,
+            damage,
+        });
+    };
+    for span in &scan.corrupt {
+        problem(
+            Some(span.position),
+            format!(
+                "damaged batch, offsets {}..{} unreadable: {}",
+                span.from, span.to, span.reason
+            ),
+            true,
+        );
+    }
+    if let Some(tail) = &scan.tail {
+        let torn = next_base.is_none();
+        let what = if torn {
+            format!(
+                "torn tail of {} bytes ({}); the next start truncates it",
+                tail.bytes, tail.reason
+            )
+        } else {
+            format!(
+                "{} damaged bytes at the end of an older segment: {}",
+                tail.bytes, tail.reason
+            )
+        };
+        problem(Some(tail.position), what, !torn);
+    }
+    if let Some(next) = next_base {
+        if scan.tail.is_none() && scan.next_offset != next {
+            problem(
+                None,
+                format!(
+                    "segment ends at offset {}, but the next one starts at {next}",
+                    scan.next_offset
+                ),
+                true,
+            );
+        }
+    }
+    for batch in &scan.batches {
+        let raw = read_batch_from(&**file, batch.position, len);
+        match raw.map(|raw| super::segment::decode_raw(&raw)) {
+            Ok(Ok(records)) => report.records += records.len() as u64,
+            Ok(Err(e)) => problem(
+                Some(batch.position),
+                format!("batch passes its CRC but does not decode: {e}"),
+                true,
+            ),
+            Err(_) => problem(
+                Some(batch.position),
+                "batch became unreadable during verify".into(),
+                true,
+            ),
+        }
+        report.batches += 1;
+        report.bytes += batch.header.total_len();
+    }
+    for entry in seg.index_entries() {
+        let position = u64::from(entry.position);
+        let offset = seg.base.0 + u64::from(entry.relative_offset);
+        if !scan
+            .batches
+            .iter()
+            .any(|b| b.position == position && b.header.base_offset == offset)
+        {
+            let what = format!(
+                "index entry (offset {offset}, byte {position}) does not point at a batch start"
+            );
+            report.problems.push(Problem {
+                path: seg.index_path.clone(),
+                position: Some(position),
+                what,
+                damage: true,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,482 @@
+//! The single writer thread: group commit.
+//!
+//! Producers queue requests; the writer takes everything queued, writes one
+//! batch per partition, issues one fsync per written segment, and only then
+//! resolves the waiters and lets readers see the records. While it syncs, new
+//! requests queue up and form the next group.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::batch::{self, BatchHeader};
+use super::config::FsyncPolicy;
+use super::error::{AppendError, StorageContext, StorageError};
+use super::partition::PartitionLog;
+use super::retention;
+use super::segment::{Segment, SegmentRef};
+use super::ticket::{Appended, Completer};
+use super::types::{Offset, Record, SegmentBase};
+use super::{Shared, TopicLog};
+
+/// Records per on-disk batch are capped so a batch stays well under
+/// `batch::MAX_BATCH_BYTES` once encoded.
+const MAX_BATCH_PAYLOAD: usize = batch::MAX_BATCH_BYTES / 4;
+/// Stop gathering a group at this size: bounded latency for the first waiter.
+const MAX_GROUP_BYTES: usize = 8 << 20;
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(200);
+
+pub struct Request {
+    pub topic: Arc<TopicLog>,
+    pub part: Arc<PartitionLog>,
+    pub records: Vec<Record>,
+    pub bytes: usize,
+    pub done: Completer,
+}
+
+pub enum Msg {
+    Append(Request),
+    Shutdown,
+}
+
+/// A partition's share of a group, after it was written.
+struct Written {
+    part: Arc<PartitionLog>,
+    policy: FsyncPolicy,
+    seg: SegmentRef,
+    end: Offset,
+    acks: Vec<(Completer, Appended)>,
+}
+
+pub struct Writer {
+    pub rx: Receiver<Msg>,
+    pub shared: Arc<Shared>,
+    /// Partitions under `interval_ms` written since their last fsync.
+    /// Keyed by the partition's address (identity only).
+    dirty: HashMap<usize, (Arc<PartitionLog>, SegmentRef, Offset, Instant)>,
+    last_retention: Instant,
+    disk: DiskWatch,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn new(rx: Receiver<Msg>, shared: Arc<Shared>) -> Writer {
+        Writer {
+            rx,
+            shared,
+            dirty: HashMap::new(),
+            last_retention: Instant::now(),
+            disk: DiskWatch::default(),
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let msg = match self.rx.recv_timeout(self.next_deadline()) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.housekeeping();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let (group, shutdown) = self.gather(msg);
+            self.process(group);
+            self.housekeeping();
+            if shutdown {
+                break;
+            }
+        }
+        self.shutdown();
+    }
+
+    fn gather(&mut self, first: Msg) -> (Vec<Request>, bool) {
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Shutdown => return (group, true),
+                Msg::Append(req) => {
+                    bytes += req.bytes;
+                    self.shared
+                        .pending_bytes
+                        .fetch_sub(req.bytes as u64, Ordering::AcqRel);
+                    group.push(req);
+                }
+            }
+            next = if bytes < MAX_GROUP_BYTES {
+                self.rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        (group, false)
+    }
+
+    fn next_deadline(&self) -> Duration {
+        let now = Instant::now();
+        let retention = (self.last_retention + RETENTION_EVERY).saturating_duration_since(now);
+        let sync = self
+            .dirty
+            .values()
+            .map(|(_, _, _, due)| due.saturating_duration_since(now))
+            .min();
+        sync.map_or(retention, |s| s.min(retention))
+    }
+
+    fn process(&mut self, group: Vec<Request>) {
+        if let Some(reason) = self.shared.poison_reason() {
+            for req in group {
+                req.done
+                    .complete(Err(AppendError::Poisoned(reason.clone())));
+            }
+            return;
+        }
+        let mut written = Vec::new();
+        for bucket in by_partition(group) {
+            match self.write_bucket(bucket) {
+                Ok(Some(w)) => written.push(w),
+                Ok(None) => {}
+                Err(e) => return self.fail(e.to_string(), written),
+            }
+        }
+        if let Err(e) = self.sync_written(&written) {
+            return self.fail(e.to_string(), written);
+        }
+        for w in written {
+            self.finish(w);
+        }
+    }
+
+    /// A storage failure: poison the log and fail every waiter of the group.
+    fn fail(&mut self, reason: String, written: Vec<Written>) {
+        tracing::error!("log write failed, refusing further writes: {reason}");
+        self.shared.poison(reason.clone());
+        for w in written {
+            for (done, _) in w.acks {
+                done.complete(Err(AppendError::Poisoned(reason.clone())));
+            }
+        }
+    }
+
+    fn sync_written(&self, written: &[Written]) -> Result<(), StorageError> {
+        let mut synced: Vec<usize> = Vec::new();
+        for w in written.iter().filter(|w| w.policy == FsyncPolicy::Always) {
+            let key = Arc::as_ptr(&w.seg) as usize;
+            if !synced.contains(&key) {
+                let started = Instant::now();
+                w.seg.sync_log()?;
+                self.shared.stats.record_fsync(started.elapsed());
+                synced.push(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a written partition visible per its policy and resolves its waiters.
+    fn finish(&mut self, w: Written) {
+        match w.policy {
+            FsyncPolicy::Always | FsyncPolicy::Never => publish(&w.part, w.end),
+            FsyncPolicy::IntervalMs(ms) => {
+                let key = Arc::as_ptr(&w.part) as usize;
+                let due = Instant::now() + Duration::from_millis(ms);
+                let entry =
+                    self.dirty
+                        .entry(key)
+                        .or_insert((w.part.clone(), w.seg.clone(), w.end, due));
+                entry.1 = w.seg.clone();
+                entry.2 = w.end;
+            }
+        }
+        for (done, appended) in w.acks {
+            done.complete(Ok(appended));
+        }
+    }
+
+    fn write_bucket(&mut self, reqs: Vec<Request>) -> Result<Option<Written>, StorageError> {
+        let topic = reqs[0].topic.clone();
+        let part = reqs[0].part.clone();
+        let reqs = self.admit(&topic, reqs)?;
+        if reqs.is_empty() {
+            return Ok(None);
+        }
+        let mut next = part.state().next_offset;
+        let mut acks = Vec::with_capacity(reqs.len());
+        let mut seg = None;
+        for chunk in chunk_requests(reqs) {
+            let count: usize = chunk.iter().map(|r| r.records.len()).sum();
+            let mut records = Vec::with_capacity(count);
+            for req in chunk {
+                acks.push((
+                    req.done,
+                    Appended {
+                        first: Offset(next.0 + records.len() as u64),
+                        count: req.records.len() as u32,
+                    },
+                ));
+                records.extend(req.records);
+            }
+            seg = Some(self.write_batch(&topic, &part, next, &records)?);
+            next = Offset(next.0 + count as u64);
+        }
+        part.state_mut().next_offset = next;
+        let policy = topic.config.fsync;
+        let seg = seg.expect("at least one chunk was written"); // chunk_requests never yields nothing for non-empty input
+        Ok(Some(Written {
+            part,
+            policy,
+            seg,
+            end: next,
+            acks,
+        }))
+    }
+
+    fn write_batch(
+        &mut self,
+        topic: &TopicLog,
+        part: &PartitionLog,
+        base: Offset,
+        records: &[Record],
+    ) -> Result<SegmentRef, StorageError> {
+        self.buf.clear();
+        batch::encode(base, records, topic.config.compression, &mut self.buf).map_err(|e| {
+            StorageError {
+                path: part.dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+            }
+        })?;
+        let header = BatchHeader::parse(&self.buf).map_err(|e| StorageError {
+            path: part.dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let seg = self.segment_for(
+            topic,
+            part,
+            base,
+            records.len() as u64,
+            self.buf.len() as u64,
+        )?;
+        seg.append(&self.buf, &header, self.shared.config.index_interval_bytes)?;
+        self.shared
+            .stats
+            .record_write(self.buf.len() as u64, records.len() as u64);
+        self.disk.written(self.buf.len() as u64);
+        Ok(seg)
+    }
+
+    /// The active segment, after rolling to a new one when this batch would
+    /// overflow it.
+    fn segment_for(
+        &mut self,
+        topic: &TopicLog,
+        part: &PartitionLog,
+        base: Offset,
+        count: u64,
+        len: u64,
+    ) -> Result<SegmentRef, StorageError> {
+        let active = part.state().active().cloned().ok_or_else(|| StorageError {
+            path: part.dir.clone(),
+            source: std::io::Error::other("partition has no segment"),
+        })?;
+        let too_big = active.size() > 0 && active.size() + len > topic.config.segment_bytes();
+        let too_many = base.0 + count - active.base.0 >= u64::from(u32::MAX);
+        if !too_big && !too_many {
+            return Ok(active);
+        }
+        active.sync_log()?;
+        active.sync_index()?;
+        let seg = Arc::new(
+            Segment::create(&*part.storage, &part.dir, SegmentBase(base.0)).context(&part.dir)?,
+        );
+        part.storage.sync_dir(&part.dir).context(&part.dir)?;
+        part.state_mut().segments.insert(base.0, seg.clone());
+        Ok(seg)
+    }
+
+    /// Applies the topic's quota and the disk reserve; refused requests are
+    /// resolved with `QuotaExceeded`.
+    fn admit(
+        &mut self,
+        topic: &TopicLog,
+        reqs: Vec<Request>,
+    ) -> Result<Vec<Request>, StorageError> {
+        let disk_low = self.disk.low(&self.shared, &topic.partitions[0].dir);
+        if topic.config.retention_bytes.is_none() && !disk_low {
+            return Ok(reqs);
+        }
+        let incoming: u64 = reqs.iter().map(|r| r.bytes as u64).sum();
+        let fits = retention::make_room(
+            topic,
+            incoming,
+            disk_low,
+            self.shared.config.replication_enabled,
+        )
+        .map_err(checkpoint_to_storage)?;
+        if fits {
+            return Ok(reqs);
+        }
+        let quota_bytes = topic.config.retention_bytes.unwrap_or(0);
+        for req in reqs {
+            self.shared
+                .stats
+                .rejected_full
+                .fetch_add(req.records.len() as u64, Ordering::Relaxed);
+            req.done.complete(Err(AppendError::QuotaExceeded {
+                topic: topic.name.clone(),
+                quota_bytes,
+            }));
+        }
+        Ok(Vec::new())
+    }
+
+    fn housekeeping(&mut self) {
+        if self.shared.poison_reason().is_some() {
+            return;
+        }
+        if let Err(e) = self.sync_due(false) {
+            self.fail(e.to_string(), Vec::new());
+            return;
+        }
+        if self.last_retention.elapsed() >= RETENTION_EVERY {
+            self.last_retention = Instant::now();
+            let now_ms = super::now_ms();
+            for topic in self.shared.topics.values() {
+                if let Err(e) =
+                    retention::expire(topic, now_ms, self.shared.config.replication_enabled)
+                {
+                    tracing::error!(topic = %topic.name, "retention failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Fsyncs `interval_ms` partitions whose window has passed (all, with `force`).
+    fn sync_due(&mut self, force: bool) -> Result<(), StorageError> {
+        let now = Instant::now();
+        let due: Vec<_> = self
+            .dirty
+            .iter()
+            .filter(|(_, v)| force || v.3 <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            if let Some((part, seg, end, _)) = self.dirty.remove(&key) {
+                seg.sync_log()?;
+                publish(&part, end);
+            }
+        }
+        Ok(())
+    }
+
+    /// A clean stop: everything written is synced, indexes included.
+    fn shutdown(&mut self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Msg::Append(req) = msg {
+                self.process(vec![req]);
+            }
+        }
+        if self.shared.poison_reason().is_some() {
+            return;
+        }
+        let result = self.sync_due(true).and_then(|()| {
+            for topic in self.shared.topics.values() {
+                for part in &topic.partitions {
+                    let active = part.state().active().cloned();
+                    if let Some(seg) = active {
+                        seg.sync_log()?;
+                        seg.sync_index()?;
+                    }
+                    let end = part.state().next_offset;
+                    publish(part, end);
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::error!("final sync failed: {e}");
+            self.shared.poison(e.to_string());
+        }
+    }
+}
+
+fn checkpoint_to_storage(e: super::error::CheckpointError) -> StorageError {
+    match e {
+        super::error::CheckpointError::Storage(s) => s,
+        other => StorageError {
+            path: Default::default(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+fn publish(part: &PartitionLog, end: Offset) {
+    let mut state = part.state_mut();
+    if end > state.visible_end {
+        state.visible_end = end;
+    }
+}
+
+/// Groups requests by partition, keeping arrival order inside each.
+fn by_partition(group: Vec<Request>) -> Vec<Vec<Request>> {
+    let mut buckets: Vec<Vec<Request>> = Vec::new();
+    for req in group {
+        match buckets
+            .iter_mut()
+            .find(|b| Arc::ptr_eq(&b[0].part, &req.part))
+        {
+            Some(bucket) => bucket.push(req),
+            None => buckets.push(vec![req]),
+        }
+    }
+    buckets
+}
+
+/// Splits a partition's requests into batches of bounded size.
+fn chunk_requests(reqs: Vec<Request>) -> Vec<Vec<Request>> {
+    let mut chunks: Vec<Vec<Request>> = Vec::new();
+    let mut size = 0;
+    for req in reqs {
+        if chunks.is_empty() || size + req.bytes > MAX_BATCH_PAYLOAD {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += req.bytes;
+        if let Some(last) = chunks.last_mut() {
+            last.push(req);
+        }
+    }
+    chunks
+}
+
+/// Free space on the log's filesystem, measured now and then and estimated in
+/// between from what was written.
+#[derive(Default)]
+struct DiskWatch {
+    checked: Option<Instant>,
+    available: u64,
+    written_since: u64,
+}
+
+impl DiskWatch {
+    fn written(&mut self, bytes: u64) {
+        self.written_since += bytes;
+    }
+
+    fn low(&mut self, shared: &Shared, dir: &std::path::Path) -> bool {
+        let stale = self.checked.is_none_or(|t| t.elapsed() >= DISK_CHECK_EVERY)
+            || self.written_since > (1 << 20);
+        if stale {
+            if let Ok(available) = shared.storage.available_bytes(dir) {
+                self.available = available;
+            }
+            self.checked = Some(Instant::now());
+            self.written_since = 0;
+        }
+        self.available.saturating_sub(self.written_since) < shared.config.min_free_bytes
+    }
+}
