@@ -60,7 +60,7 @@ pub enum OpenError {
     Thread(io::Error),
 }
 
-#[derive(Debug, Error, Clone)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum AppendError {
     #[error("the log refuses writes after an earlier storage failure: {0}")]
     Poisoned(String),

@@ -387,6 +387,15 @@ impl Log {
         part.save_meta(meta)
     }
 
+    /// Runs age and quota retention now rather than at the writer's next tick.
+    pub fn enforce_retention(&self) -> Result<(), AppendError> {
+        let tx = self.tx.as_ref().ok_or(AppendError::Closed)?;
+        let (ticket, done) = ticket::pair();
+        tx.send(Msg::Retention(done))
+            .map_err(|_| AppendError::Closed)?;
+        ticket.wait().map(|_| ())
+    }
+
     /// Why the log refuses writes, if it does.
     pub fn poisoned(&self) -> Option<String> {
         self.shared.poison_reason()
@@ -519,3 +528,6 @@ fn open_topic(
         partitions,
     })
 }
+
+#[cfg(test)]
+mod tests;

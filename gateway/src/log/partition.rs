@@ -225,6 +225,10 @@ impl Reader {
     ) -> Result<bool, ReadError> {
         let limit = seg.size();
         let mut position = seg.lookup(self.from);
+        // The offset the batch at `position` must start with; unknown after
+        // an index lookup or a skip, where it must merely not pass `from`.
+        let mut expected = (position == 0).then_some(seg.base.0);
+        let mut rescanned = false;
         loop {
             if self.from >= self.visible_end
                 || (self.bytes >= self.max_bytes && !self.out.is_empty())
@@ -246,14 +250,37 @@ impl Reader {
                 Err(BatchReadError::Short) => {
                     return self.damaged(seg, position, "incomplete batch".into())
                 }
+                Err(BatchReadError::Invalid(_))
+                    if expected.is_none() && !rescanned && position > 0 =>
+                {
+                    // The index pointed at no batch: scan from the segment's start.
+                    (position, expected, rescanned) = (0, Some(seg.base.0), true);
+                    continue;
+                }
                 Err(BatchReadError::Invalid(e)) => match self.skip_damage(seg, position, limit)? {
                     Some(p) => {
                         position = p;
+                        expected = None;
                         continue;
                     }
                     None => return self.damaged(seg, position, e.to_string()),
                 },
             };
+            let base = raw.header.base_offset;
+            if !expected.map_or(base <= self.from.0, |e| e == base) {
+                if expected.is_none() && !rescanned {
+                    // The index pointed past the wanted offset: distrust it
+                    // and scan this segment from its start.
+                    (position, expected, rescanned) = (0, Some(seg.base.0), true);
+                    continue;
+                }
+                let why = format!(
+                    "batch holds offset {base}, expected {}",
+                    expected.unwrap_or(self.from.0)
+                );
+                return self.damaged(seg, position, why);
+            }
+            expected = Some(raw.header.next_offset().0);
             position += raw.header.total_len();
             if raw.header.next_offset() <= self.from {
                 continue;
@@ -469,7 +496,11 @@ impl Opener<'_> {
             Some(file) => load_index(&**file, &index_path, len)?,
             None => (Vec::new(), false),
         };
-        let trimmed = recovery::trim_index(&*log, base.0, &mut entries, len).context(&log_path)?;
+        let mut trimmed = false;
+        if next_base.is_none() {
+            trimmed = recovery::validate_entries(&*log, base.0, &mut entries).context(&log_path)?;
+        }
+        trimmed |= recovery::trim_index(&*log, base.0, &mut entries, len).context(&log_path)?;
         let (scan_from, expected) = entries.last().map_or((0, Offset(base.0)), |e| {
             (
                 u64::from(e.position),

@@ -166,6 +166,30 @@ pub fn decode_index(bytes: &[u8], log_len: u64) -> (Vec<IndexEntry>, bool) {
     (entries, whole)
 }
 
+/// Keeps the longest prefix of entries each pointing at a batch header that
+/// holds the offset it claims (headers only, no CRC). Used for the newest
+/// segment, whose index is written without fsync and may hold anything.
+pub fn validate_entries(
+    file: &dyn StorageFile,
+    base: u64,
+    entries: &mut Vec<IndexEntry>,
+) -> io::Result<bool> {
+    let mut head = [0u8; HEADER_LEN];
+    for (i, entry) in entries.iter().enumerate() {
+        let ok = match file.read_exact_at(&mut head, u64::from(entry.position)) {
+            Ok(()) => BatchHeader::parse(&head)
+                .is_ok_and(|h| h.base_offset == base + u64::from(entry.relative_offset)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
+            Err(e) => return Err(e),
+        };
+        if !ok {
+            entries.truncate(i);
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Drops index entries from the end until the last one points at a good batch
 /// holding the offset it claims. Returns whether any entry was dropped.
 pub fn trim_index(

@@ -39,6 +39,8 @@ pub struct Request {
 
 pub enum Msg {
     Append(Request),
+    /// Run retention now (instead of at the next tick), then resolve.
+    Retention(Completer),
     Shutdown,
 }
 
@@ -101,6 +103,16 @@ impl Writer {
         while let Some(msg) = next {
             match msg {
                 Msg::Shutdown => return (group, true),
+                Msg::Retention(done) => {
+                    self.last_retention = Instant::now() - RETENTION_EVERY;
+                    let count = group.len() as u32;
+                    self.process(std::mem::take(&mut group));
+                    self.housekeeping();
+                    done.complete(Ok(Appended {
+                        first: Offset(0),
+                        count,
+                    }));
+                }
                 Msg::Append(req) => {
                     bytes += req.bytes;
                     self.shared
@@ -345,10 +357,17 @@ impl Writer {
         if self.last_retention.elapsed() >= RETENTION_EVERY {
             self.last_retention = Instant::now();
             let now_ms = super::now_ms();
-            for topic in self.shared.topics.values() {
-                if let Err(e) =
-                    retention::expire(topic, now_ms, self.shared.config.replication_enabled)
-                {
+            let replication = self.shared.config.replication_enabled;
+            for topic in self.shared.topics.values().cloned().collect::<Vec<_>>() {
+                let disk_low = self.disk.low(&self.shared, &topic.partitions[0].dir);
+                let result = retention::expire(&topic, now_ms, replication).and_then(|()| {
+                    let limited = topic.config.retention_bytes.is_some() || disk_low;
+                    if limited {
+                        retention::make_room(&topic, 0, disk_low, replication)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = result {
                     tracing::error!(topic = %topic.name, "retention failed: {e}");
                 }
             }
