@@ -86,6 +86,10 @@ pub struct LogConfig {
     pub replication_enabled: bool,
     /// Appends queued for the writer beyond this are refused (back-pressure).
     pub max_pending_bytes: u64,
+    /// How often each partition's recovery point is checkpointed. After a
+    /// power cut, damage in the newest segment newer than the recovery point
+    /// is cut as a torn tail; older damage is reported as corruption.
+    pub recovery_point_interval_ms: u64,
 }
 
 impl LogConfig {
@@ -97,6 +101,7 @@ impl LogConfig {
             min_free_bytes: 64 << 20,
             replication_enabled: false,
             max_pending_bytes: 64 << 20,
+            recovery_point_interval_ms: 5000,
         }
     }
 

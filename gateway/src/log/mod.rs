@@ -117,6 +117,7 @@ pub mod segment;
 pub mod sim;
 pub mod stats;
 pub mod storage;
+mod syncer;
 pub mod ticket;
 pub mod types;
 mod varint;
@@ -226,7 +227,7 @@ impl Log {
             pending_bytes: AtomicU64::new(0),
             poisoned: Mutex::new(None),
         });
-        let writer = Writer::new(rx, shared.clone());
+        let writer = Writer::new(rx, shared.clone()).map_err(OpenError::Thread)?;
         let handle = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run())
@@ -379,12 +380,13 @@ impl Log {
         let Some(part) = self.partition(topic, partition) else {
             return Ok(());
         };
-        let mut meta = part.state().meta.clone();
-        if meta.replicated.is_some_and(|r| r >= offset.0) {
-            return Ok(());
-        }
-        meta.replicated = Some(offset.0);
-        part.save_meta(meta)
+        part.update_meta(|meta| {
+            let advances = meta.replicated.is_none_or(|r| r < offset.0);
+            if advances {
+                meta.replicated = Some(offset.0);
+            }
+            advances
+        })
     }
 
     /// Runs age and quota retention now rather than at the writer's next tick.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,11 @@ pub struct PartitionMeta {
     /// Ranges dropped by `drop_oldest` before they were replicated (newest last, bounded).
     pub gaps: Vec<(u64, u64)>,
     pub dropped_records: u64,
+    /// Recovery point: every offset below it was fsynced when this was
+    /// written. At open, damage in the newest segment at or past it is the
+    /// unsynced end of a crash (cut away); damage below it is corruption.
+    #[serde(default)]
+    pub synced: u64,
 }
 
 /// Something recovery found and did, for the log line and for `log verify`.
@@ -98,6 +103,8 @@ pub struct PartitionLog {
     pub dir: PathBuf,
     pub storage: Arc<dyn Storage>,
     state: RwLock<PartState>,
+    /// Serialises read-modify-write of the checkpoint (writer, syncer, replicator).
+    meta_lock: Mutex<()>,
 }
 
 /// How a partition is opened.
@@ -135,6 +142,7 @@ impl PartitionLog {
         let bases = drop_below_start(&*storage, &dir, bases, meta.start, mode)?;
         let mut opener = Opener {
             storage: &*storage,
+            recovery_point: meta.synced,
             dir: &dir,
             interval: index_interval,
             mode,
@@ -158,11 +166,24 @@ impl PartitionLog {
             dir,
             storage,
             state: RwLock::new(state),
+            meta_lock: Mutex::new(()),
         })
     }
 
-    /// Persists `meta` (atomically) and installs it.
-    pub fn save_meta(&self, meta: PartitionMeta) -> Result<(), super::error::CheckpointError> {
+    /// Changes the checkpointed state with `change`, persists it atomically and
+    /// installs it. `change` returns false when there is nothing to write.
+    pub fn update_meta(
+        &self,
+        change: impl FnOnce(&mut PartitionMeta) -> bool,
+    ) -> Result<(), super::error::CheckpointError> {
+        let _serial = self
+            .meta_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut meta = self.state().meta.clone();
+        if !change(&mut meta) {
+            return Ok(());
+        }
         checkpoint::write(&*self.storage, &self.dir, META_FILE, &meta)?;
         self.state_mut().meta = meta;
         Ok(())
@@ -454,6 +475,8 @@ type Opened = (BTreeMap<u64, SegmentRef>, Vec<(PathBuf, CorruptSpan)>);
 
 struct Opener<'a> {
     storage: &'a dyn Storage,
+    /// The partition's checkpointed recovery point (`PartitionMeta::synced`).
+    recovery_point: u64,
     dir: &'a Path,
     interval: u64,
     mode: Mode,
@@ -498,7 +521,16 @@ impl Opener<'_> {
         };
         let mut trimmed = false;
         if next_base.is_none() {
-            trimmed = recovery::validate_entries(&*log, base.0, &mut entries).context(&log_path)?;
+            // Past the recovery point the index may point at batches whose
+            // predecessors never reached the disk: scan that stretch instead.
+            let synced = entries
+                .iter()
+                .take_while(|e| base.0 + u64::from(e.relative_offset) < self.recovery_point)
+                .count();
+            trimmed = synced < entries.len();
+            entries.truncate(synced);
+            trimmed |=
+                recovery::validate_entries(&*log, base.0, &mut entries).context(&log_path)?;
         }
         trimmed |= recovery::trim_index(&*log, base.0, &mut entries, len).context(&log_path)?;
         let (scan_from, expected) = entries.last().map_or((0, Offset(base.0)), |e| {
@@ -507,7 +539,10 @@ impl Opener<'_> {
                 Offset(base.0 + u64::from(e.relative_offset)),
             )
         });
-        let scan = recovery::scan(&*log, scan_from, expected, len).context(&log_path)?;
+        let mut scan = recovery::scan(&*log, scan_from, expected, len).context(&log_path)?;
+        if next_base.is_none() {
+            scan.cut_unsynced(Offset(self.recovery_point));
+        }
         let mut spans = scan.corrupt.clone();
         let size = self.settle_tail(&log_path, &*log, &scan, next_base, &mut spans)?;
         let last_pos = entries.last().map_or(0, |e| u64::from(e.position));

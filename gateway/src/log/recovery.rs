@@ -46,6 +46,31 @@ pub struct Scan {
 }
 
 impl Scan {
+    /// Turns damage at or past the recovery point into a torn tail: those
+    /// bytes were not yet synced at the crash, so writes may have reached the
+    /// disk out of order, and whatever follows the first damage is cut too.
+    /// Offsets stay dense; only unsynced (never acknowledged under `always`)
+    /// data goes.
+    pub fn cut_unsynced(&mut self, recovery_point: Offset) {
+        let Some(i) = self.corrupt.iter().position(|s| s.from >= recovery_point) else {
+            return;
+        };
+        let span = self.corrupt[i].clone();
+        let len = self
+            .tail
+            .as_ref()
+            .map_or(self.valid_end, |t| t.position + t.bytes);
+        self.corrupt.truncate(i);
+        self.batches.retain(|b| b.position < span.position);
+        self.tail = Some(Tail {
+            position: span.position,
+            bytes: len - span.position,
+            reason: span.reason,
+        });
+        self.valid_end = span.position;
+        self.next_offset = span.from;
+    }
+
     pub fn max_timestamp_ms(&self) -> Option<i64> {
         self.batches.iter().map(|b| b.header.max_timestamp_ms).max()
     }

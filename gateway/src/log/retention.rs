@@ -65,20 +65,22 @@ fn delete(candidate: Candidate, replication_enabled: bool) -> Result<u64, Checkp
     } = candidate;
     let freed = seg.size();
     let end = seg.end_offset().0;
-    let mut meta = part.state().meta.clone();
-    meta.start = meta.start.max(end);
-    if !replicated {
-        let dropped = end - seg.base.0;
-        meta.dropped_records += dropped;
-        if replication_enabled {
-            push_gap(&mut meta.gaps, seg.base.0, end);
+    part.update_meta(|meta| {
+        meta.start = meta.start.max(end);
+        if !replicated {
+            meta.dropped_records += end - seg.base.0;
+            if replication_enabled {
+                push_gap(&mut meta.gaps, seg.base.0, end);
+            }
         }
+        true
+    })?;
+    if !replicated {
         tracing::warn!(
             topic = %part.topic, partition = %part.id, from = seg.base.0, to = end,
-            "quota reached: dropped {dropped} records that were not replicated"
+            "quota reached: dropped {} records that were not replicated", end - seg.base.0
         );
     }
-    part.save_meta(meta)?;
     part.state_mut().segments.remove(&seg.base.0);
     delete_segment_files(&*part.storage, &part.dir, seg.base)?;
     part.storage.sync_dir(&part.dir).context(&part.dir)?;

@@ -7,8 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::batch::{self, BatchHeader};
@@ -17,6 +18,7 @@ use super::error::{AppendError, StorageContext, StorageError};
 use super::partition::PartitionLog;
 use super::retention;
 use super::segment::{Segment, SegmentRef};
+use super::syncer::{self, publish, Syncer, Written};
 use super::ticket::{Appended, Completer};
 use super::types::{Offset, Record, SegmentBase};
 use super::{Shared, TopicLog};
@@ -44,36 +46,42 @@ pub enum Msg {
     Shutdown,
 }
 
-/// A partition's share of a group, after it was written.
-struct Written {
-    part: Arc<PartitionLog>,
-    policy: FsyncPolicy,
-    seg: SegmentRef,
-    end: Offset,
-    acks: Vec<(Completer, Appended)>,
-}
-
 pub struct Writer {
     pub rx: Receiver<Msg>,
     pub shared: Arc<Shared>,
+    /// To the syncer thread; `None` once it is shut down.
+    sync_tx: Option<Sender<Vec<Written>>>,
+    syncer: Option<JoinHandle<()>>,
     /// Partitions under `interval_ms` written since their last fsync.
     /// Keyed by the partition's address (identity only).
     dirty: HashMap<usize, (Arc<PartitionLog>, SegmentRef, Offset, Instant)>,
     last_retention: Instant,
+    last_recovery_point: Instant,
     disk: DiskWatch,
     buf: Vec<u8>,
 }
 
 impl Writer {
-    pub fn new(rx: Receiver<Msg>, shared: Arc<Shared>) -> Writer {
-        Writer {
+    pub fn new(rx: Receiver<Msg>, shared: Arc<Shared>) -> std::io::Result<Writer> {
+        let (sync_tx, sync_rx) = mpsc::channel();
+        let syncer = Syncer {
+            rx: sync_rx,
+            shared: shared.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("log-sync".into())
+            .spawn(move || syncer.run())?;
+        Ok(Writer {
             rx,
             shared,
+            sync_tx: Some(sync_tx),
+            syncer: Some(handle),
             dirty: HashMap::new(),
             last_retention: Instant::now(),
+            last_recovery_point: Instant::now(),
             disk: DiskWatch::default(),
             buf: Vec::with_capacity(64 * 1024),
-        }
+        })
     }
 
     pub fn run(mut self) {
@@ -149,19 +157,33 @@ impl Writer {
             }
             return;
         }
+        let mut to_sync = Vec::new();
         let mut written = Vec::new();
         for bucket in by_partition(group) {
             match self.write_bucket(bucket) {
-                Ok(Some(w)) => written.push(w),
+                Ok(Some((FsyncPolicy::Always, w))) => to_sync.push(w),
+                Ok(Some((policy, w))) => written.push((policy, w)),
                 Ok(None) => {}
-                Err(e) => return self.fail(e.to_string(), written),
+                Err(e) => {
+                    to_sync.extend(written.into_iter().map(|(_, w)| w));
+                    return self.fail(e.to_string(), to_sync);
+                }
             }
         }
-        if let Err(e) = self.sync_written(&written) {
-            return self.fail(e.to_string(), written);
+        if !to_sync.is_empty() {
+            self.hand_to_syncer(to_sync);
         }
-        for w in written {
-            self.finish(w);
+        for (policy, w) in written {
+            self.finish(policy, w);
+        }
+    }
+
+    fn hand_to_syncer(&mut self, jobs: Vec<Written>) {
+        let Some(tx) = &self.sync_tx else {
+            return syncer::fail_all(jobs, "the log is shutting down");
+        };
+        if let Err(returned) = tx.send(jobs) {
+            syncer::fail_all(returned.0, "the log's sync thread is gone");
         }
     }
 
@@ -169,30 +191,12 @@ impl Writer {
     fn fail(&mut self, reason: String, written: Vec<Written>) {
         tracing::error!("log write failed, refusing further writes: {reason}");
         self.shared.poison(reason.clone());
-        for w in written {
-            for (done, _) in w.acks {
-                done.complete(Err(AppendError::Poisoned(reason.clone())));
-            }
-        }
-    }
-
-    fn sync_written(&self, written: &[Written]) -> Result<(), StorageError> {
-        let mut synced: Vec<usize> = Vec::new();
-        for w in written.iter().filter(|w| w.policy == FsyncPolicy::Always) {
-            let key = Arc::as_ptr(&w.seg) as usize;
-            if !synced.contains(&key) {
-                let started = Instant::now();
-                w.seg.sync_log()?;
-                self.shared.stats.record_fsync(started.elapsed());
-                synced.push(key);
-            }
-        }
-        Ok(())
+        syncer::fail_all(written, &reason);
     }
 
     /// Makes a written partition visible per its policy and resolves its waiters.
-    fn finish(&mut self, w: Written) {
-        match w.policy {
+    fn finish(&mut self, policy: FsyncPolicy, w: Written) {
+        match policy {
             FsyncPolicy::Always | FsyncPolicy::Never => publish(&w.part, w.end),
             FsyncPolicy::IntervalMs(ms) => {
                 let key = Arc::as_ptr(&w.part) as usize;
@@ -210,7 +214,10 @@ impl Writer {
         }
     }
 
-    fn write_bucket(&mut self, reqs: Vec<Request>) -> Result<Option<Written>, StorageError> {
+    fn write_bucket(
+        &mut self,
+        reqs: Vec<Request>,
+    ) -> Result<Option<(FsyncPolicy, Written)>, StorageError> {
         let topic = reqs[0].topic.clone();
         let part = reqs[0].part.clone();
         let reqs = self.admit(&topic, reqs)?;
@@ -237,15 +244,18 @@ impl Writer {
             next = Offset(next.0 + count as u64);
         }
         part.state_mut().next_offset = next;
-        let policy = topic.config.fsync;
-        let seg = seg.expect("at least one chunk was written"); // chunk_requests never yields nothing for non-empty input
-        Ok(Some(Written {
-            part,
-            policy,
-            seg,
-            end: next,
-            acks,
-        }))
+        // A roll in between synced the earlier segment; the last one written
+        // is the one still to sync.
+        let Some(seg) = seg else { return Ok(None) };
+        Ok(Some((
+            topic.config.fsync,
+            Written {
+                part,
+                seg,
+                end: next,
+                acks,
+            },
+        )))
     }
 
     fn write_batch(
@@ -354,6 +364,13 @@ impl Writer {
             self.fail(e.to_string(), Vec::new());
             return;
         }
+        let every = Duration::from_millis(self.shared.config.recovery_point_interval_ms);
+        if self.last_recovery_point.elapsed() >= every {
+            self.last_recovery_point = Instant::now();
+            if let Err(e) = self.checkpoint_recovery_points(false) {
+                tracing::error!("checkpointing recovery points failed: {e}");
+            }
+        }
         if self.last_retention.elapsed() >= RETENTION_EVERY {
             self.last_retention = Instant::now();
             let now_ms = super::now_ms();
@@ -372,6 +389,28 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Records each partition's synced end as its recovery point. Only what
+    /// readers can see is synced (`never` topics only after a final sync).
+    fn checkpoint_recovery_points(
+        &self,
+        all_synced: bool,
+    ) -> Result<(), super::error::CheckpointError> {
+        for topic in self.shared.topics.values() {
+            if topic.config.fsync == FsyncPolicy::Never && !all_synced {
+                continue;
+            }
+            for part in &topic.partitions {
+                let synced = part.state().visible_end.0;
+                part.update_meta(|meta| {
+                    let advances = synced > meta.synced;
+                    meta.synced = meta.synced.max(synced);
+                    advances
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Fsyncs `interval_ms` partitions whose window has passed (all, with `force`).
@@ -399,6 +438,10 @@ impl Writer {
                 self.process(vec![req]);
             }
         }
+        self.sync_tx = None; // the syncer drains its queue and exits
+        if let Some(handle) = self.syncer.take() {
+            let _ = handle.join();
+        }
         if self.shared.poison_reason().is_some() {
             return;
         }
@@ -414,7 +457,8 @@ impl Writer {
                     publish(part, end);
                 }
             }
-            Ok(())
+            self.checkpoint_recovery_points(true)
+                .map_err(checkpoint_to_storage)
         });
         if let Err(e) = result {
             tracing::error!("final sync failed: {e}");
@@ -430,13 +474,6 @@ fn checkpoint_to_storage(e: super::error::CheckpointError) -> StorageError {
             path: Default::default(),
             source: std::io::Error::other(other.to_string()),
         },
-    }
-}
-
-fn publish(part: &PartitionLog, end: Offset) {
-    let mut state = part.state_mut();
-    if end > state.visible_end {
-        state.visible_end = end;
     }
 }
 
