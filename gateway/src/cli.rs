@@ -37,6 +37,15 @@ enum Command {
     /// Benchmarks that compare Tidewell with its peers in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// MQTT helpers.
+    #[command(subcommand)]
+    Mqtt(MqttCommand),
+}
+
+#[derive(Subcommand)]
+enum MqttCommand {
+    /// Read a password from stdin (first line) and print its argon2 hash for `[[mqtt.users]] password_hash`.
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +81,9 @@ struct DumpArgs {
 enum BenchCommand {
     /// Durable appends from concurrent producers, against SQLite and the raw fdatasync rate.
     Log(crate::bench::log::BenchArgs),
+    /// MQTT load (N clients x M messages): Tidewell (fsync always) against Mosquitto, or any broker.
+    #[cfg(feature = "bench-mqtt")]
+    Mqtt(crate::bench::mqtt::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -103,6 +115,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Log(args)) => {
             crate::bench::log::run(&args).map(|()| ExitCode::SUCCESS)
         }
+        #[cfg(feature = "bench-mqtt")]
+        Command::Bench(BenchCommand::Mqtt(args)) => {
+            crate::bench::mqtt::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Mqtt(MqttCommand::HashPassword) => hash_password(),
     }
 }
 
@@ -113,14 +130,53 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     };
     let log = Log::open(Arc::new(OsStorage), config.log_config())
         .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
+    let log = Arc::new(log);
     tracing::info!(data_dir = %config.data_dir.display(), "log open; buffer-only mode (no upstream configured)");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
         .build()?;
+    let mqtt = runtime.block_on(start_mqtt(&config, &log))?;
     runtime.block_on(wait_for_stop())?;
     tracing::info!("stopping: syncing the log");
-    log.close();
+    drop(mqtt);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match Arc::try_unwrap(log) {
+        Ok(log) => log.close(),
+        // A task still holds it; dropping the last handle closes it the same way.
+        Err(_) => tracing::warn!("log still referenced at stop"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the MQTT listener (unless disabled) and prints the `ready` line
+/// that scripts and tests wait for, with the bound addresses.
+async fn start_mqtt(
+    config: &Config,
+    log: &Arc<Log>,
+) -> anyhow::Result<Option<crate::mqtt::MqttServer>> {
+    if !config.mqtt.enabled {
+        eprintln!("tidewell: ready");
+        return Ok(None);
+    }
+    let server = crate::mqtt::start(&config.mqtt, log.clone()).await?;
+    match server.tls_addr {
+        Some(tls) => eprintln!("tidewell: ready mqtt={} mqtts={tls}", server.local_addr),
+        None => eprintln!("tidewell: ready mqtt={}", server.local_addr),
+    }
+    Ok(Some(server))
+}
+
+fn hash_password() -> anyhow::Result<ExitCode> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        bail!("no password on stdin");
+    }
+    let hash = crate::mqtt::hash_password(password.as_bytes())
+        .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+    println!("{hash}");
     Ok(ExitCode::SUCCESS)
 }
 

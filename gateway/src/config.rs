@@ -53,6 +53,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log: LogSection,
     pub topics: BTreeMap<String, TopicConfig>,
+    /// The MQTT listener (`[mqtt]`, see `mqtt::config`); on by default,
+    /// loopback only.
+    pub mqtt: crate::mqtt::MqttConfig,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             data_dir: PathBuf::from("tidewell-data"),
             log: LogSection::default(),
             topics: BTreeMap::from([(DEFAULT_TOPIC.to_string(), TopicConfig::default())]),
+            mqtt: crate::mqtt::MqttConfig::default(),
         }
     }
 }
@@ -105,6 +109,9 @@ impl Config {
                 ));
             }
         }
+        self.mqtt
+            .validate()
+            .map_err(|(key, message)| invalid(key, &message))?;
         if self.log.index_interval_bytes == 0 {
             return Err(invalid(
                 "log.index_interval_bytes".into(),

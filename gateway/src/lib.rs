@@ -4,6 +4,7 @@
 //!
 //! - [`log`]: the power-loss-safe segment log every ingest path appends to
 //!   and the replicator reads from. It depends on nothing above it.
+//! - [`mqtt`]: the MQTT 3.1.1/5 listener; a PUBACK means the record is on disk.
 //! - [`config`]: the TOML configuration and the embedded defaults.
 //! - [`cli`]: the `tidewell` command line (`run`, `log verify`, `log dump`, `bench`).
 //! - [`bench`]: benchmarks that compare Tidewell with its peers side by side.
@@ -12,3 +13,4 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod log;
+pub mod mqtt;

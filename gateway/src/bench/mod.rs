@@ -2,3 +2,5 @@
 //! side in one run, on this machine, and prints ratios.
 
 pub mod log;
+#[cfg(feature = "bench-mqtt")]
+pub mod mqtt;

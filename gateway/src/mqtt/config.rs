@@ -1,0 +1,248 @@
+//! The `[mqtt]` section of the configuration file.
+//!
+//! ```toml
+//! [mqtt]
+//! listen = "127.0.0.1:1883"        # port 0 picks a free port (printed in the ready line)
+//! allow_anonymous = true           # refused on a non-loopback listener
+//! max_payload_bytes = 262144
+//! receive_maximum = 64
+//! keep_alive_max_s = 300
+//! anonymous_publish_acl = ["devices/{client_id}/#"]
+//! anonymous_subscribe_acl = ["#"]
+//!
+//! [mqtt.tls]
+//! listen = "0.0.0.0:8883"
+//! cert_file = "/etc/tidewell/server.pem"
+//! key_file = "/etc/tidewell/server.key"
+//! client_ca_file = "/etc/tidewell/clients-ca.pem"   # optional: require client certificates
+//!
+//! [[mqtt.users]]
+//! username = "sensor-17"
+//! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."  # `tidewell mqtt hash-password`
+//! publish_acl = ["devices/{client_id}/#"]
+//!
+//! [[mqtt.routes]]
+//! filter = "devices/+/telemetry"
+//! topic = "ingest"
+//! key = "segment:1"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::acl::valid_acl_pattern;
+use super::route::KeySpec;
+use crate::config::DEFAULT_TOPIC;
+
+/// The ACL a client gets when the configuration names none: its own subtree.
+pub const DEFAULT_PUBLISH_ACL: &str = "devices/{client_id}/#";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Set to false to run without any MQTT listener.
+    pub enabled: bool,
+    /// Plain TCP listener. Anything but a loopback address requires
+    /// authentication (`allow_anonymous = false` and at least one user).
+    pub listen: SocketAddr,
+    /// Optional TLS listener (rustls).
+    pub tls: Option<TlsConfig>,
+    /// Clients without username may connect (loopback listeners, or TLS
+    /// listeners that verify client certificates, only).
+    pub allow_anonymous: bool,
+    /// Topic patterns anonymous clients may publish to; `{client_id}` and
+    /// `{username}` are substituted, then `+` and `#` match as in MQTT.
+    pub anonymous_publish_acl: Vec<String>,
+    /// Topic filters anonymous clients may subscribe within.
+    pub anonymous_subscribe_acl: Vec<String>,
+    pub users: Vec<UserConfig>,
+    /// First matching route wins; a publish matching none goes to
+    /// `default_topic`, keyed by its MQTT topic.
+    pub routes: Vec<RouteConfig>,
+    /// Log topic for publishes that match no route.
+    pub default_topic: String,
+    /// Largest PUBLISH payload accepted; larger ones are refused with 0x95
+    /// (MQTT 5) or a disconnect (3.1.1). Also bounds every packet we read.
+    pub max_payload_bytes: usize,
+    /// QoS 1/2 publishes a client may have unacknowledged (and publishes of
+    /// any QoS we hold per connection): reading stops when it is reached, so a
+    /// fast client cannot grow our memory.
+    pub receive_maximum: u16,
+    /// Keep-alive enforced on clients asking for none or a longer one, so a
+    /// half-open TCP connection is dropped within 1.5 times this.
+    pub keep_alive_max_s: u16,
+    /// A new connection must send CONNECT within this (slow-loris guard).
+    pub connect_timeout_ms: u64,
+    /// Connections beyond this are closed at accept.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the server, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates: when set, TLS clients must present a certificate
+    /// signed by one of them; such clients count as authenticated and may
+    /// connect without username (with the anonymous ACLs).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    /// Argon2 PHC string (`tidewell mqtt hash-password`); never the password.
+    pub password_hash: String,
+    /// Topic patterns this user may publish to (`{client_id}`, `{username}`
+    /// substituted).
+    #[serde(default = "default_publish_acl")]
+    pub publish_acl: Vec<String>,
+    /// Topic filters this user may subscribe within (default: none).
+    #[serde(default)]
+    pub subscribe_acl: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// MQTT topic filter (`+`, `#`).
+    pub filter: String,
+    /// Log topic the matching publishes are appended to.
+    pub topic: String,
+    /// Record key, which picks the partition (per-key order is kept):
+    /// `topic` (the whole MQTT topic, default), `client_id`, `none`, or
+    /// `segment:N` (the N-th level of the MQTT topic, from 0).
+    #[serde(default = "default_key")]
+    pub key: String,
+}
+
+fn default_publish_acl() -> Vec<String> {
+    vec![DEFAULT_PUBLISH_ACL.to_string()]
+}
+
+fn default_key() -> String {
+    "topic".to_string()
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            tls: None,
+            allow_anonymous: true,
+            anonymous_publish_acl: default_publish_acl(),
+            anonymous_subscribe_acl: vec!["#".to_string()],
+            users: Vec::new(),
+            routes: Vec::new(),
+            default_topic: DEFAULT_TOPIC.to_string(),
+            max_payload_bytes: 256 << 10,
+            receive_maximum: 64,
+            keep_alive_max_s: 300,
+            connect_timeout_ms: 10_000,
+            max_connections: 4096,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Checks the section; the error is `(key, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: String| Err((format!("mqtt.{key}"), message));
+        if !self.enabled {
+            return Ok(());
+        }
+        if let Some(problem) = self.anonymous_exposure() {
+            return bad("allow_anonymous", problem);
+        }
+        if !self.allow_anonymous && self.users.is_empty() && !self.client_certs() {
+            return bad(
+                "users",
+                "anonymous access is off and no user is configured: nobody could connect".into(),
+            );
+        }
+        if self.receive_maximum == 0 {
+            return bad("receive_maximum", "must be at least 1".into());
+        }
+        if self.keep_alive_max_s == 0 {
+            return bad("keep_alive_max_s", "must be at least 1".into());
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > crate::log::MAX_APPEND_BYTES / 2
+        {
+            return bad(
+                "max_payload_bytes",
+                format!("must be 1..={}", crate::log::MAX_APPEND_BYTES / 2),
+            );
+        }
+        self.validate_lists()
+    }
+
+    fn validate_lists(&self) -> Result<(), (String, String)> {
+        let acls = self
+            .users
+            .iter()
+            .flat_map(|u| u.publish_acl.iter().chain(&u.subscribe_acl))
+            .chain(&self.anonymous_publish_acl)
+            .chain(&self.anonymous_subscribe_acl);
+        for pattern in acls {
+            if !valid_acl_pattern(pattern) {
+                return Err((
+                    "mqtt acl".into(),
+                    format!("invalid topic pattern {pattern:?}"),
+                ));
+            }
+        }
+        for (i, user) in self.users.iter().enumerate() {
+            if let Err(e) = argon2::PasswordHash::new(&user.password_hash) {
+                return Err((
+                    format!("mqtt.users[{i}].password_hash"),
+                    format!("not an argon2 PHC string ({e}); make one with `tidewell mqtt hash-password`"),
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !valid_acl_pattern(&route.filter) {
+                return Err((
+                    format!("mqtt.routes[{i}].filter"),
+                    "invalid topic filter".into(),
+                ));
+            }
+            if let Err(e) = route.key.parse::<KeySpec>() {
+                return Err((format!("mqtt.routes[{i}].key"), e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Why anonymous access would be reachable from the network, if it would.
+    fn anonymous_exposure(&self) -> Option<String> {
+        if !self.allow_anonymous {
+            return None;
+        }
+        if !self.listen.ip().is_loopback() {
+            return Some(format!(
+                "listen = {} is not a loopback address: set allow_anonymous = false and configure [[mqtt.users]]",
+                self.listen
+            ));
+        }
+        match &self.tls {
+            Some(tls) if !tls.listen.ip().is_loopback() && tls.client_ca_file.is_none() => Some(format!(
+                "tls.listen = {} is not a loopback address: set allow_anonymous = false and configure [[mqtt.users]], or require client certificates (tls.client_ca_file)",
+                tls.listen
+            )),
+            _ => None,
+        }
+    }
+
+    fn client_certs(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some())
+    }
+}

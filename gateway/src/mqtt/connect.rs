@@ -1,0 +1,393 @@
+//! One connection from CONNECT to close: the handshake (protocol version,
+//! client id, authentication, limits), then the reader and the writer.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::{
+    ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill, LastWillProperties,
+    Login, Packet,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::acl::Acl;
+use super::auth::{self, AuthFailure, Credentials};
+use super::codec::{self, Out, Version};
+use super::error::ConnError;
+use super::reader::{Ended, Reader};
+use super::stats::MqttStats;
+use super::writer::Writer;
+use super::Shared;
+
+/// CONNECT carries ids, credentials and a will: 64 KiB is plenty.
+const MAX_CONNECT_BYTES: usize = 64 << 10;
+/// Topic, packet id and MQTT 5 properties around the payload.
+const FRAME_OVERHEAD_BYTES: usize = 128 << 10;
+/// Longest client id we accept (MQTT 3.1.1 guarantees 23).
+const MAX_CLIENT_ID_BYTES: usize = 128;
+/// A write to the client that takes longer ends the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the handshake settled for one connection.
+pub struct Session {
+    pub conn: u64,
+    pub version: Version,
+    pub client_id: String,
+    pub acl: Acl,
+    /// 1.5 times the effective keep-alive: silence longer than this ends it.
+    pub silence_limit: Duration,
+    /// Frames larger than this are refused (0x95) before being buffered.
+    pub max_frame_bytes: usize,
+    /// QoS 1 deliveries we may have unacknowledged toward this client.
+    pub client_receive_max: u16,
+    /// Appended if the connection ends without a normal DISCONNECT.
+    pub will: Option<LastWill>,
+    pub will_properties: Option<LastWillProperties>,
+}
+
+/// Handshake, then serve until the connection ends. `client_id` is filled in
+/// once known, so the caller can log it and unregister it.
+pub async fn run<S>(
+    stream: S,
+    peer: SocketAddr,
+    client_cert: bool,
+    conn: u64,
+    shared: &Arc<Shared>,
+    client_id: &mut String,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = BytesMut::with_capacity(1024);
+    let version = read_connect_frame(&mut rd, &mut buf, shared).await?;
+    let Some(version) = version else {
+        // Unsupported protocol level: CONNACK 0x01 in the 3.1.1 format.
+        write_out(&mut wr, version_refusal(), Version::V4).await?;
+        MqttStats::inc(&shared.stats.connect_refused);
+        return Err(ConnError::Refused("unsupported protocol level".into()));
+    };
+    let incoming = codec::decode(&mut buf, version, MAX_CONNECT_BYTES)?
+        .ok_or_else(|| ConnError::Protocol("CONNECT frame vanished".into()))?;
+    let Packet::Connect(connect, props, will, will_props, login) = incoming.packet else {
+        return Err(ConnError::Protocol(
+            "the first packet must be CONNECT".into(),
+        ));
+    };
+    let hello = Hello {
+        connect,
+        props,
+        will,
+        will_props,
+        login,
+        client_cert,
+    };
+    let (session, connack) = match handshake(hello, version, conn, shared).await {
+        Ok(accepted) => accepted,
+        Err((connack, reason)) => {
+            write_out(&mut wr, connack, version).await?;
+            return Err(ConnError::Refused(reason));
+        }
+    };
+    write_out(&mut wr, connack, version).await?;
+    *client_id = session.client_id.clone();
+    tracing::debug!(%peer, client_id, ?version, "mqtt client connected");
+    serve(rd, wr, buf, session, shared).await
+}
+
+/// Reads until a whole CONNECT frame is buffered, within the connect
+/// timeout. Returns its codec, or `None` for an unsupported protocol level.
+async fn read_connect_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<Option<Version>, ConnError> {
+    let timeout_ms = shared.config.connect_timeout_ms;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        if let Some(len) = codec::frame_length(buf, MAX_CONNECT_BYTES).inspect_err(|_| {
+            MqttStats::inc(&shared.stats.malformed_packets);
+        })? {
+            let level = codec::connect_level(&buf[..len]).inspect_err(|_| {
+                MqttStats::inc(&shared.stats.malformed_packets);
+            })?;
+            return Ok(match level {
+                4 => Some(Version::V4),
+                5 => Some(Version::V5),
+                _ => None,
+            });
+        }
+        match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
+            Err(_) => {
+                MqttStats::inc(&shared.stats.connect_timeouts);
+                return Err(ConnError::ConnectTimeout(timeout_ms));
+            }
+            Ok(Ok(0)) => {
+                return Err(ConnError::Protocol(
+                    "connection closed before CONNECT".into(),
+                ))
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+fn version_refusal() -> Out {
+    Out::ConnAck {
+        code: ConnectReturnCode::RefusedProtocolVersion,
+        properties: None,
+    }
+}
+
+/// The CONNECT packet's parts.
+struct Hello {
+    connect: Connect,
+    props: Option<ConnectProperties>,
+    will: Option<LastWill>,
+    will_props: Option<LastWillProperties>,
+    login: Option<Login>,
+    client_cert: bool,
+}
+
+type Refusal = (Out, String);
+
+/// Decides on a CONNECT: the session and its CONNACK, or the refusing CONNACK.
+async fn handshake(
+    hello: Hello,
+    version: Version,
+    conn: u64,
+    shared: &Arc<Shared>,
+) -> Result<(Session, Out), Refusal> {
+    let config = &shared.config;
+    let stats = &shared.stats;
+    let refuse = |code: ConnectReturnCode, why: &str| {
+        let counter = match code {
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
+                &stats.auth_failures
+            }
+            _ => &stats.connect_refused,
+        };
+        MqttStats::inc(counter);
+        (
+            Out::ConnAck {
+                code,
+                properties: None,
+            },
+            why.to_string(),
+        )
+    };
+    check_session_request(&hello, version).map_err(|(c, why)| refuse(c, why))?;
+    let (client_id, assigned) = client_id(&hello.connect, version, conn)
+        .ok_or_else(|| refuse(ConnectReturnCode::ClientIdentifierNotValid, "client id"))?;
+    let acl = authenticate(&hello, &client_id, shared)
+        .await
+        .map_err(|f| match f {
+            AuthFailure::BadCredentials => refuse(
+                ConnectReturnCode::BadUserNamePassword,
+                "bad username or password",
+            ),
+            AuthFailure::NotAuthorized => refuse(
+                ConnectReturnCode::NotAuthorized,
+                "anonymous access is not allowed",
+            ),
+        })?;
+    if hello
+        .will
+        .as_ref()
+        .is_some_and(|w| !acl.may_publish(&String::from_utf8_lossy(&w.topic)))
+    {
+        return Err(refuse(
+            ConnectReturnCode::NotAuthorized,
+            "will topic not allowed by the ACL",
+        ));
+    }
+    let requested_ka = hello.connect.keep_alive;
+    let keep_alive_s = match requested_ka {
+        0 => config.keep_alive_max_s,
+        ka => ka.min(config.keep_alive_max_s),
+    };
+    let props = hello.props.as_ref();
+    let session = Session {
+        conn,
+        version,
+        client_id,
+        acl,
+        silence_limit: Duration::from_millis(u64::from(keep_alive_s) * 1500),
+        max_frame_bytes: config.max_payload_bytes + FRAME_OVERHEAD_BYTES,
+        client_receive_max: props
+            .and_then(|p| p.receive_maximum)
+            .unwrap_or(config.receive_maximum)
+            .max(1),
+        will: hello.will,
+        will_properties: hello.will_props,
+    };
+    let connack = Out::ConnAck {
+        code: ConnectReturnCode::Success,
+        properties: Some(connack_properties(
+            &session,
+            config,
+            (keep_alive_s != requested_ka).then_some(keep_alive_s),
+            assigned,
+            props.and_then(|p| p.session_expiry_interval).unwrap_or(0) > 0,
+        )),
+    };
+    Ok((session, connack))
+}
+
+/// Persistent sessions, retained wills and enhanced authentication are not
+/// offered; say so instead of pretending.
+fn check_session_request(
+    hello: &Hello,
+    version: Version,
+) -> Result<(), (ConnectReturnCode, &'static str)> {
+    if version == Version::V4 && !hello.connect.clean_session {
+        // MQTT 3.1.1 has no code for "no persistent sessions": 0x03.
+        return Err((
+            ConnectReturnCode::ServiceUnavailable,
+            "persistent sessions (clean_session = false) are not supported",
+        ));
+    }
+    if hello.will.as_ref().is_some_and(|w| w.retain) {
+        return Err((
+            ConnectReturnCode::RetainNotSupported,
+            "retained will messages are not supported",
+        ));
+    }
+    if hello
+        .props
+        .as_ref()
+        .is_some_and(|p| p.authentication_method.is_some())
+    {
+        return Err((
+            ConnectReturnCode::BadAuthenticationMethod,
+            "enhanced authentication is not supported",
+        ));
+    }
+    Ok(())
+}
+
+/// The client id to use and, when the server made it up, that id to tell
+/// an MQTT 5 client. Ids that could widen an ACL pattern are refused.
+fn client_id(connect: &Connect, version: Version, conn: u64) -> Option<(String, Option<String>)> {
+    let id = &connect.client_id;
+    if id.is_empty() {
+        // 3.1.1 allows an empty id only with a clean session (checked before).
+        let made = format!("tidewell-auto-{conn}");
+        return Some((made.clone(), (version == Version::V5).then_some(made)));
+    }
+    let acceptable = id.len() <= MAX_CLIENT_ID_BYTES
+        && !id.contains(['/', '+', '#'])
+        && !id.chars().any(char::is_control);
+    acceptable.then(|| (id.clone(), None))
+}
+
+async fn authenticate(
+    hello: &Hello,
+    client_id: &str,
+    shared: &Arc<Shared>,
+) -> Result<Acl, AuthFailure> {
+    let login = hello.login.as_ref().filter(|l| !l.username.is_empty());
+    let Some(login) = login else {
+        let who = Credentials {
+            client_id,
+            username: None,
+            password: None,
+            client_cert: hello.client_cert,
+        };
+        return auth::authenticate(&shared.config, &who);
+    };
+    // Argon2 is deliberately slow: keep it off the runtime's workers.
+    let (shared, login, client_id, cert) = (
+        shared.clone(),
+        login.clone(),
+        client_id.to_string(),
+        hello.client_cert,
+    );
+    tokio::task::spawn_blocking(move || {
+        let who = Credentials {
+            client_id: &client_id,
+            username: Some(&login.username),
+            password: Some(login.password.as_bytes()),
+            client_cert: cert,
+        };
+        auth::authenticate(&shared.config, &who)
+    })
+    .await
+    .unwrap_or(Err(AuthFailure::NotAuthorized))
+}
+
+fn connack_properties(
+    session: &Session,
+    config: &super::MqttConfig,
+    server_keep_alive: Option<u16>,
+    assigned_client_identifier: Option<String>,
+    session_expiry_refused: bool,
+) -> ConnAckProperties {
+    ConnAckProperties {
+        session_expiry_interval: session_expiry_refused.then_some(0),
+        receive_max: Some(config.receive_maximum),
+        retain_available: Some(0),
+        max_packet_size: u32::try_from(session.max_frame_bytes).ok(),
+        assigned_client_identifier,
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(0),
+        shared_subscription_available: Some(0),
+        server_keep_alive,
+        ..ConnAckProperties::default()
+    }
+}
+
+async fn write_out<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: Out,
+    version: Version,
+) -> Result<(), ConnError> {
+    let mut buf = BytesMut::with_capacity(64);
+    codec::encode(out, version, &mut buf)?;
+    let write = async {
+        wr.write_all(&buf).await?;
+        wr.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ConnError::WriteTimeout),
+    }
+}
+
+/// Runs the reader here and the writer in its own task, joined by the FIFO.
+async fn serve<R, W>(
+    mut rd: R,
+    wr: W,
+    mut buf: BytesMut,
+    session: Session,
+    shared: &Arc<Shared>,
+) -> Result<(), ConnError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let kick = shared.register(&session.client_id, session.conn);
+    let (fifo_tx, fifo_rx) = mpsc::channel(usize::from(shared.config.receive_maximum));
+    let qos2 = Arc::new(Mutex::new(HashSet::new()));
+    let writer = Writer::new(wr, &session, shared.clone(), qos2.clone());
+    let mut writer = tokio::spawn(writer.run(fifo_rx));
+    let mut reader = Reader::new(session, shared.clone(), fifo_tx, qos2);
+    let ended = tokio::select! {
+        ended = reader.run(&mut rd, &mut buf, &kick) => ended,
+        written = &mut writer => {
+            reader.append_will();
+            return written.unwrap_or(Err(ConnError::Shutdown));
+        }
+    };
+    if !matches!(ended, Ok(Ended::Disconnect)) {
+        reader.append_will();
+    }
+    drop(reader);
+    let written = writer.await.unwrap_or(Err(ConnError::Shutdown));
+    ended.and(written)
+}

@@ -1,0 +1,286 @@
+//! The MQTT listener: sensors publish here, and an acknowledgement means the
+//! record is on disk.
+//!
+//! # Why
+//!
+//! Edge brokers acknowledge a QoS 1 publish from memory, and the device then
+//! forgets the reading; a power cut loses it. Tidewell sends PUBACK (QoS 1)
+//! and PUBREC (QoS 2) only once [`crate::log::AppendTicket`] has resolved,
+//! which under the default `fsync = "always"` means after the `fdatasync`
+//! that covers the record.
+//!
+//! # Shape
+//!
+//! rumqttd's `protocol` module decodes and encodes MQTT 3.1.1 and 5 packets
+//! (`codec.rs` adds the size checks and the parts it keeps private); the
+//! rest is ours. One task per connection, split in two halves joined by a
+//! bounded FIFO:
+//!
+//! ```text
+//!  socket ──► reader (reader.rs) ── log.append() returns a ticket at once
+//!                 │  FIFO of (ticket, ack to send), at most receive_maximum
+//!                 ▼
+//!             writer (writer.rs) ── awaits tickets in order ──► PUBACK/PUBREC ──► socket
+//!                                     └─ durable records ──► live subscribers (hub)
+//! ```
+//!
+//! The reader never waits for the disk: it appends and moves on, so many
+//! publishes of one client share one group commit. The writer awaits the
+//! tickets in arrival order, so acks leave in the order the publishes came
+//! (MQTT requires it, and a client may rely on it). When the FIFO is full
+//! the reader stops reading: a fast client meets TCP back-pressure and our
+//! memory stays at `receive_maximum` publishes per connection.
+//!
+//! # Exactly once toward the log (QoS 2)
+//!
+//! Per connection, the packet ids whose PUBLISH was appended and whose
+//! PUBREL has not arrived are kept; a re-sent PUBLISH with such an id gets
+//! its PUBREC again but is not appended again. Persistent sessions are not
+//! offered (see below), so this state lives and dies with the connection.
+//!
+//! # Refusals
+//!
+//! Nothing is dropped silently; each refusal is counted in [`MqttStats`].
+//! MQTT 5: PUBACK/PUBREC 0x87 (ACL), 0x97 (full log under `reject_new`),
+//! 0x80 (log failure); DISCONNECT 0x95 (packet too large), 0x9A (retain).
+//! MQTT 3.1.1 has no negative acknowledgement: the connection is closed.
+//! Not offered yet, and refused rather than pretended: persistent sessions
+//! (3.1.1 `clean_session = false` gets CONNACK 0x03; MQTT 5 is told
+//! `session_expiry_interval = 0` in CONNACK), retained messages, shared
+//! subscriptions, topic aliases.
+//!
+//! # Bounded under abuse
+//!
+//! A frame's length is checked before it is buffered; CONNECT must arrive
+//! within `connect_timeout_ms`; after it, a client silent for 1.5 times its
+//! keep-alive (capped at `keep_alive_max_s`, so half-open TCP connections
+//! die) is closed; writes time out; at most `max_connections` connections.
+
+mod acl;
+pub mod auth;
+mod codec;
+pub mod config;
+mod connect;
+pub mod error;
+mod reader;
+pub mod route;
+pub mod stats;
+mod tls;
+mod writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, Notify};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+pub use auth::hash_password;
+pub use config::MqttConfig;
+pub use error::{ConnError, StartError};
+pub use stats::MqttStats;
+
+use crate::log::Log;
+use route::Router;
+
+/// Live records buffered for subscribers; a subscriber further behind misses
+/// records (counted in `deliveries_lagged`).
+const HUB_CAPACITY: usize = 256;
+
+/// A durably appended publish, on its way to live subscribers.
+#[derive(Debug)]
+pub struct Live {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: u8,
+    /// The publishing connection (for MQTT 5 "no local").
+    pub origin: u64,
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub config: MqttConfig,
+    pub log: Arc<Log>,
+    pub router: Router,
+    pub stats: Arc<MqttStats>,
+    pub hub: broadcast::Sender<Arc<Live>>,
+    /// Connected client ids: connection number and the signal that makes it
+    /// give way to a newer connection with the same id.
+    clients: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    fn conn_number(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers `client_id`; an older connection with the same id is told
+    /// to close (MQTT's session takeover).
+    fn register(&self, client_id: &str, conn: u64) -> Arc<Notify> {
+        let kick = Arc::new(Notify::new());
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, old)) = clients.insert(client_id.to_string(), (conn, kick.clone())) {
+            old.notify_one();
+        }
+        kick
+    }
+
+    fn unregister(&self, client_id: &str, conn: u64) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if clients.get(client_id).is_some_and(|(c, _)| *c == conn) {
+            clients.remove(client_id);
+        }
+    }
+}
+
+/// The running listeners. Dropping it stops accepting (open connections end
+/// with the runtime).
+pub struct MqttServer {
+    pub local_addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub stats: Arc<MqttStats>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for MqttServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Binds the listeners and starts accepting. Must run inside a tokio runtime.
+pub async fn start(config: &MqttConfig, log: Arc<Log>) -> Result<MqttServer, StartError> {
+    raise_fd_limit();
+    let router = Router::new(config, &log)?;
+    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let stats = Arc::new(MqttStats::default());
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        log,
+        router,
+        stats: stats.clone(),
+        hub: broadcast::channel(HUB_CAPACITY).0,
+        clients: Mutex::new(HashMap::new()),
+        next_conn: AtomicU64::new(1),
+    });
+    let plain = bind(config.listen).await?;
+    let local_addr = plain.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let mut tasks = vec![tokio::spawn(accept_loop(plain, None, shared.clone()))];
+    let mut tls_addr = None;
+    if let (Some(tls_config), Some(server_config)) = (&config.tls, tls) {
+        let listener = bind(tls_config.listen).await?;
+        tls_addr = listener.local_addr().ok();
+        let acceptor = TlsAcceptor::from(server_config);
+        tasks.push(tokio::spawn(accept_loop(listener, Some(acceptor), shared)));
+    }
+    tracing::info!(%local_addr, tls = ?tls_addr, "mqtt listening");
+    Ok(MqttServer {
+        local_addr,
+        tls_addr,
+        stats,
+        tasks,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: wait rather than spin; keep serving.
+                tracing::warn!("mqtt accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let stats = &shared.stats;
+        if MqttStats::get(&stats.connections_open) >= shared.config.max_connections as u64 {
+            MqttStats::inc(&stats.connections_rejected);
+            tracing::warn!(%peer, "mqtt connection refused: max_connections reached");
+            continue;
+        }
+        MqttStats::inc(&stats.connections_accepted);
+        MqttStats::inc(&stats.connections_open);
+        let _ = socket.set_nodelay(true);
+        tokio::spawn(handle_socket(socket, peer, tls.clone(), shared.clone()));
+    }
+}
+
+async fn handle_socket(
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
+    match tls {
+        None => serve(socket, peer, false, &shared).await,
+        Some(acceptor) => {
+            let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
+            match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                Ok(Ok(stream)) => {
+                    let cert = stream.get_ref().1.peer_certificates().is_some();
+                    serve(stream, peer, cert, &shared).await;
+                }
+                Ok(Err(e)) => tracing::info!(%peer, "mqtt tls handshake failed: {e}"),
+                Err(_) => tracing::info!(%peer, "mqtt tls handshake timed out"),
+            }
+        }
+    }
+    shared
+        .stats
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Runs one connection to its end and logs why it ended.
+async fn serve<S>(stream: S, peer: SocketAddr, client_cert: bool, shared: &Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let conn = shared.conn_number();
+    let mut client_id = String::new();
+    let result = connect::run(stream, peer, client_cert, conn, shared, &mut client_id).await;
+    if !client_id.is_empty() {
+        shared.unregister(&client_id, conn);
+    }
+    match result {
+        Ok(()) => tracing::debug!(%peer, client_id, "mqtt connection closed"),
+        Err(ConnError::Io(e)) => tracing::debug!(%peer, client_id, "mqtt connection lost: {e}"),
+        Err(e) => tracing::info!(%peer, client_id, "mqtt connection closed: {e}"),
+    }
+}
+
+/// Many idle sensors each hold a socket: lift the soft descriptor limit to
+/// the hard one (best effort; the accept loop copes with EMFILE anyway).
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The reading half of a connection: decodes packets, appends publishes to
+//! the log (without waiting for the disk) and queues what the writer must
+//! send, in arrival order.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttd::protocol::{
+    valid_filter, DisconnectReasonCode, Packet, Publish, PublishProperties, Subscribe,
+    SubscribeReasonCode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::codec::{self, qos_of, Incoming, Out, PublishMeta, Reason, Version};
+use super::connect::Session;
+use super::error::{CodecError, ConnError};
+use super::stats::MqttStats;
+use super::writer::{Ack, Entry, Sub};
+use super::Shared;
+use crate::log::{self, AppendError, AppendTicket, Record};
+
+/// How long a publish waits, retrying, while the log writer is behind
+/// (`AppendError::Overloaded`) before it is refused with 0x97.
+const OVERLOAD_WAIT: Duration = Duration::from_secs(5);
+const OVERLOAD_RETRY: Duration = Duration::from_millis(2);
+
+/// How the client ended the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// DISCONNECT: no will.
+    Disconnect,
+    /// MQTT 5 DISCONNECT asking for the will, or TCP closed without one.
+    Abrupt,
+}
+
+pub struct Reader {
+    session: Session,
+    shared: Arc<Shared>,
+    fifo: mpsc::Sender<Entry>,
+    /// QoS 2 packet ids appended and not yet released (shared with the writer,
+    /// which forgets an id whose append failed). Locked briefly, never
+    /// across an await.
+    qos2: Arc<Mutex<HashSet<u16>>>,
+}
+
+impl Reader {
+    pub fn new(
+        session: Session,
+        shared: Arc<Shared>,
+        fifo: mpsc::Sender<Entry>,
+        qos2: Arc<Mutex<HashSet<u16>>>,
+    ) -> Reader {
+        Reader {
+            session,
+            shared,
+            fifo,
+            qos2,
+        }
+    }
+
+    /// Reads and handles packets until the client leaves or misbehaves.
+    pub async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        kick: &Notify,
+    ) -> Result<Ended, ConnError> {
+        let mut deadline = Instant::now() + self.session.silence_limit;
+        loop {
+            while let Some(incoming) = self.decode(buf)? {
+                deadline = Instant::now() + self.session.silence_limit;
+                if let Some(ended) = self.handle(incoming).await? {
+                    return Ok(ended);
+                }
+            }
+            tokio::select! {
+                read = tokio::time::timeout_at(deadline, rd.read_buf(buf)) => match read {
+                    Ok(Ok(0)) => return Ok(Ended::Abrupt),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        MqttStats::inc(&self.shared.stats.keep_alive_timeouts);
+                        self.disconnect(DisconnectReasonCode::KeepAliveTimeout);
+                        let ms = self.session.silence_limit.as_millis() as u64;
+                        return Err(ConnError::KeepAliveTimeout(ms));
+                    }
+                },
+                _ = kick.notified() => {
+                    self.disconnect(DisconnectReasonCode::SessionTakenOver);
+                    return Err(ConnError::TakenOver);
+                }
+            }
+        }
+    }
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, ConnError> {
+        codec::decode(buf, self.session.version, self.session.max_frame_bytes).map_err(|e| {
+            let stats = &self.shared.stats;
+            match &e {
+                CodecError::TooLarge { .. } => {
+                    MqttStats::inc(&stats.refused_too_large);
+                    self.disconnect(DisconnectReasonCode::PacketTooLarge);
+                }
+                _ => {
+                    MqttStats::inc(&stats.malformed_packets);
+                    self.disconnect(DisconnectReasonCode::MalformedPacket);
+                }
+            }
+            ConnError::Codec(e)
+        })
+    }
+
+    /// Handles one packet; `Some` when the client disconnected.
+    async fn handle(&mut self, incoming: Incoming) -> Result<Option<Ended>, ConnError> {
+        match incoming.packet {
+            Packet::Publish(publish, props) => {
+                let meta = incoming
+                    .meta
+                    .ok_or_else(|| self.protocol("PUBLISH header"))?;
+                self.on_publish(publish, props, meta).await?;
+            }
+            Packet::PubAck(ack, _) => self.queue(Entry::Delivered(ack.pkid)).await?,
+            Packet::PubRel(rel, _) => {
+                let known = self.qos2_lock().remove(&rel.pkid);
+                let reason = if known {
+                    Reason::Success
+                } else {
+                    Reason::PacketIdNotFound
+                };
+                self.queue(Entry::Send(Out::PubComp(rel.pkid, reason)))
+                    .await?;
+            }
+            Packet::Subscribe(subscribe, _) => self.on_subscribe(subscribe).await?,
+            Packet::Unsubscribe(unsub, _) => {
+                let out = Out::UnsubAck(unsub.pkid, unsub.filters.len());
+                self.queue(Entry::Unsubscribe(unsub.filters, out)).await?;
+            }
+            Packet::PingReq(_) => self.queue(Entry::Send(Out::PingResp)).await?,
+            Packet::Disconnect(d, _) => {
+                return Ok(Some(match d.reason_code {
+                    DisconnectReasonCode::DisconnectWithWillMessage => Ended::Abrupt,
+                    _ => Ended::Disconnect,
+                }));
+            }
+            // We never send QoS 2 deliveries, so PUBREC/PUBCOMP have nothing to complete.
+            Packet::PubRec(..) | Packet::PubComp(..) => {}
+            other => return Err(self.protocol(packet_name(&other))),
+        }
+        Ok(None)
+    }
+
+    async fn on_publish(
+        &self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        meta: PublishMeta,
+    ) -> Result<(), ConnError> {
+        let stats = &self.shared.stats;
+        MqttStats::inc(&stats.publishes_received);
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            return Err(self.protocol("PUBLISH topic is not UTF-8"));
+        };
+        if topic.is_empty() {
+            // Only a topic alias could make an empty topic valid; we allow none.
+            self.disconnect(DisconnectReasonCode::TopicAliasInvalid);
+            return Err(ConnError::Protocol(
+                "empty topic (topic aliases are not supported)".into(),
+            ));
+        }
+        if publish.retain {
+            MqttStats::inc(&stats.refused_retain);
+            self.disconnect(DisconnectReasonCode::RetainNotSupported);
+            return Err(ConnError::Protocol(
+                "retained messages are not supported".into(),
+            ));
+        }
+        if topic.contains(['+', '#']) {
+            return self.refuse(meta, Reason::TopicNameInvalid).await;
+        }
+        if !self.session.acl.may_publish(topic) {
+            MqttStats::inc(&stats.refused_not_authorized);
+            return self.refuse(meta, Reason::NotAuthorized).await;
+        }
+        if publish.payload.len() > self.shared.config.max_payload_bytes {
+            MqttStats::inc(&stats.refused_too_large);
+            return self.refuse(meta, Reason::PacketTooLarge).await;
+        }
+        if meta.qos == 2 && !self.qos2_lock().insert(meta.pkid) {
+            // A re-sent QoS 2 publish already appended: ack again, append never.
+            MqttStats::inc(&stats.qos2_duplicates);
+            return self.queue(Entry::Duplicate(meta.pkid)).await;
+        }
+        let dest = self.shared.router.route(topic, &self.session.client_id);
+        let record = self.record(&publish, props.as_ref(), meta.qos, dest.key);
+        match self.append(dest.topic, dest.partition, record).await {
+            Ok(ticket) => {
+                let entry = Entry::Publish {
+                    ticket,
+                    ack: Ack::for_qos(meta.qos, meta.pkid),
+                    topic: publish.topic,
+                    payload: publish.payload,
+                };
+                self.queue(entry).await
+            }
+            Err(e) => {
+                if meta.qos == 2 {
+                    self.qos2_lock().remove(&meta.pkid);
+                }
+                let reason = super::writer::refusal_reason(&self.shared.stats, &e);
+                tracing::warn!(
+                    client_id = self.session.client_id,
+                    "mqtt publish refused: {e}"
+                );
+                self.refuse(meta, reason).await
+            }
+        }
+    }
+
+    /// The log record of a publish: arrival time, routed key, and the MQTT
+    /// facts as headers.
+    fn record(
+        &self,
+        publish: &Publish,
+        props: Option<&PublishProperties>,
+        qos: u8,
+        key: Option<Bytes>,
+    ) -> Record {
+        let mut headers = vec![
+            ("mqtt.topic".to_string(), publish.topic.clone()),
+            (
+                "mqtt.client_id".to_string(),
+                Bytes::copy_from_slice(self.session.client_id.as_bytes()),
+            ),
+            ("mqtt.qos".to_string(), Bytes::from(qos.to_string())),
+        ];
+        for (name, value) in props.map(|p| p.user_properties.as_slice()).unwrap_or(&[]) {
+            headers.push((format!("mqtt.user.{name}"), Bytes::from(value.clone())));
+        }
+        Record {
+            timestamp_ms: log::now_ms(),
+            key,
+            value: publish.payload.clone(),
+            headers,
+        }
+    }
+
+    /// Appends, waiting briefly while the log writer is behind.
+    async fn append(
+        &self,
+        topic: &str,
+        partition: log::Partition,
+        record: Record,
+    ) -> Result<AppendTicket, AppendError> {
+        let give_up = Instant::now() + OVERLOAD_WAIT;
+        loop {
+            match self
+                .shared
+                .log
+                .append(topic, partition, vec![record.clone()])
+            {
+                Err(AppendError::Overloaded) if Instant::now() < give_up => {
+                    tokio::time::sleep(OVERLOAD_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Refuses a publish explicitly: a negative ack in MQTT 5 (in order with
+    /// the other acks), a DISCONNECT where MQTT 5 has no ack for it, and a
+    /// closed connection in MQTT 3.1.1, which has no negative ack at all.
+    async fn refuse(&self, meta: PublishMeta, reason: Reason) -> Result<(), ConnError> {
+        let why = format!("{reason:?}");
+        if self.session.version == Version::V4 {
+            return Err(ConnError::RefusedV4(why));
+        }
+        match (meta.qos, reason) {
+            (_, Reason::PacketTooLarge) | (0, _) => {
+                self.disconnect(disconnect_reason(reason));
+                Err(ConnError::Protocol(format!("publish refused: {why}")))
+            }
+            (1, _) => {
+                self.queue(Entry::Send(Out::PubAck(meta.pkid, reason)))
+                    .await
+            }
+            _ => {
+                self.queue(Entry::Send(Out::PubRec(meta.pkid, reason)))
+                    .await
+            }
+        }
+    }
+
+    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), ConnError> {
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::new();
+        for filter in subscribe.filters {
+            let path = filter.path;
+            let code = if !valid_filter(&path) {
+                SubscribeReasonCode::TopicFilterInvalid
+            } else if path.starts_with("$share/") {
+                SubscribeReasonCode::SharedSubscriptionsNotSupported
+            } else if !self.session.acl.may_subscribe(&path) {
+                MqttStats::inc(&self.shared.stats.refused_not_authorized);
+                SubscribeReasonCode::NotAuthorized
+            } else {
+                // Live delivery is at most QoS 1 (no sessions to finish QoS 2 in).
+                let qos = (filter.qos as u8).min(1);
+                granted.push(Sub {
+                    filter: path,
+                    qos,
+                    no_local: filter.nolocal,
+                });
+                SubscribeReasonCode::Success(qos_of(qos))
+            };
+            codes.push(code);
+        }
+        let out = Out::SubAck(subscribe.pkid, codes);
+        self.queue(Entry::Subscribe(granted, out)).await
+    }
+
+    /// Appends the will of a connection that ended abruptly (not awaited:
+    /// nobody is left to acknowledge it to).
+    pub fn append_will(&mut self) {
+        let Some(will) = self.session.will.take() else {
+            return;
+        };
+        let Ok(topic) = std::str::from_utf8(&will.topic) else {
+            return;
+        };
+        let props = self
+            .session
+            .will_properties
+            .take()
+            .map(|p| PublishProperties {
+                user_properties: p.user_properties,
+                ..PublishProperties::default()
+            });
+        let publish = Publish::new(will.topic.clone(), will.message.clone(), false);
+        let dest = self.shared.router.route(topic, &self.session.client_id);
+        let record = self.record(&publish, props.as_ref(), will.qos as u8, dest.key);
+        match self
+            .shared
+            .log
+            .append(dest.topic, dest.partition, vec![record])
+        {
+            Ok(_) => MqttStats::inc(&self.shared.stats.publishes_appended),
+            Err(e) => tracing::warn!(client_id = self.session.client_id, "will not appended: {e}"),
+        }
+    }
+
+    /// Waits for room in the FIFO: this is the back-pressure on the client.
+    async fn queue(&self, entry: Entry) -> Result<(), ConnError> {
+        self.fifo
+            .send(entry)
+            .await
+            .map_err(|_| ConnError::Protocol("writer ended".into()))
+    }
+
+    /// Queues a DISCONNECT (MQTT 5) after the pending acks; best effort, as
+    /// the connection is closing anyway.
+    fn disconnect(&self, reason: DisconnectReasonCode) {
+        let _ = self.fifo.try_send(Entry::Send(Out::Disconnect(reason)));
+    }
+
+    fn protocol(&self, what: &str) -> ConnError {
+        MqttStats::inc(&self.shared.stats.protocol_errors);
+        self.disconnect(DisconnectReasonCode::ProtocolError);
+        ConnError::Protocol(format!("unexpected {what}"))
+    }
+
+    fn qos2_lock(&self) -> std::sync::MutexGuard<'_, HashSet<u16>> {
+        self.qos2.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn disconnect_reason(reason: Reason) -> DisconnectReasonCode {
+    match reason {
+        Reason::NotAuthorized => DisconnectReasonCode::NotAuthorized,
+        Reason::PacketTooLarge => DisconnectReasonCode::PacketTooLarge,
+        Reason::QuotaExceeded => DisconnectReasonCode::QuotaExceeded,
+        Reason::TopicNameInvalid => DisconnectReasonCode::TopicNameInvalid,
+        _ => DisconnectReasonCode::UnspecifiedError,
+    }
+}
+
+fn packet_name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Connect(..) => "second CONNECT",
+        Packet::ConnAck(..) => "CONNACK from a client",
+        Packet::SubAck(..) => "SUBACK from a client",
+        Packet::UnsubAck(..) => "UNSUBACK from a client",
+        Packet::PingResp(..) => "PINGRESP from a client",
+        _ => "packet",
+    }
+}

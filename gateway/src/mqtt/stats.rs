@@ -1,0 +1,50 @@
+//! Counters of the MQTT listener, for the future `/metrics` endpoint.
+//!
+//! Every refusal is counted by cause: nothing is dropped without a trace.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct MqttStats {
+    pub connections_accepted: AtomicU64,
+    /// Closed at accept because `max_connections` was reached.
+    pub connections_rejected: AtomicU64,
+    pub connections_open: AtomicU64,
+    /// CONNECT refused: bad password, unknown user, anonymous not allowed.
+    pub auth_failures: AtomicU64,
+    /// CONNECT refused for other reasons (client id, protocol, sessions).
+    pub connect_refused: AtomicU64,
+    pub publishes_received: AtomicU64,
+    /// Publishes acknowledged after their durable append (QoS 1 and 2), or
+    /// appended (QoS 0).
+    pub publishes_appended: AtomicU64,
+    /// QoS 2 re-sends of a packet id still awaiting PUBREL: not appended again.
+    pub qos2_duplicates: AtomicU64,
+    pub refused_not_authorized: AtomicU64,
+    pub refused_too_large: AtomicU64,
+    pub refused_quota: AtomicU64,
+    /// Append failures other than quota (poisoned or closed log).
+    pub refused_log_error: AtomicU64,
+    pub refused_retain: AtomicU64,
+    pub malformed_packets: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub keep_alive_timeouts: AtomicU64,
+    pub connect_timeouts: AtomicU64,
+    pub deliveries: AtomicU64,
+    /// Live records a slow subscriber missed (its queue overflowed).
+    pub deliveries_lagged: AtomicU64,
+}
+
+impl MqttStats {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,377 @@
+//! The writing half of a connection: takes the reader's FIFO in order,
+//! awaits each append ticket (so an ack leaves only once its record is
+//! durable, and acks leave in arrival order), and sends live records to the
+//! connection's subscriptions.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use rumqttd::protocol::{matches, DisconnectReasonCode};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::mpsc;
+
+use super::codec::{self, Out, Reason, Version};
+use super::connect::{Session, WRITE_TIMEOUT};
+use super::error::ConnError;
+use super::stats::MqttStats;
+use super::{Live, Shared};
+use crate::log::{AppendError, AppendTicket, Appended};
+
+/// What the reader hands the writer, in arrival order.
+pub enum Entry {
+    /// An appended publish: ack it once the ticket resolves.
+    Publish {
+        ticket: AppendTicket,
+        ack: Ack,
+        topic: Bytes,
+        payload: Bytes,
+    },
+    /// A re-sent QoS 2 publish already appended: PUBREC again.
+    Duplicate(u16),
+    /// A packet that needs no waiting (PUBCOMP, PINGRESP, refusals, ...).
+    Send(Out),
+    Subscribe(Vec<Sub>, Out),
+    Unsubscribe(Vec<String>, Out),
+    /// The client acknowledged our QoS 1 delivery with this packet id.
+    Delivered(u16),
+}
+
+/// The acknowledgement a publish gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    None,
+    PubAck(u16),
+    PubRec(u16),
+}
+
+impl Ack {
+    pub fn for_qos(qos: u8, pkid: u16) -> Ack {
+        match qos {
+            0 => Ack::None,
+            1 => Ack::PubAck(pkid),
+            _ => Ack::PubRec(pkid),
+        }
+    }
+
+    fn qos(self) -> u8 {
+        match self {
+            Ack::None => 0,
+            Ack::PubAck(_) => 1,
+            Ack::PubRec(_) => 2,
+        }
+    }
+}
+
+/// A granted subscription.
+#[derive(Debug, Clone)]
+pub struct Sub {
+    pub filter: String,
+    pub qos: u8,
+    /// MQTT 5: do not deliver this connection's own publishes.
+    pub no_local: bool,
+}
+
+/// The reason code for a failed append, counted.
+pub fn refusal_reason(stats: &MqttStats, e: &AppendError) -> Reason {
+    match e {
+        AppendError::QuotaExceeded { .. } | AppendError::Overloaded => {
+            MqttStats::inc(&stats.refused_quota);
+            Reason::QuotaExceeded
+        }
+        AppendError::TooLarge(_) => {
+            MqttStats::inc(&stats.refused_too_large);
+            Reason::PacketTooLarge
+        }
+        _ => {
+            MqttStats::inc(&stats.refused_log_error);
+            Reason::UnspecifiedError
+        }
+    }
+}
+
+pub struct Writer<W> {
+    wr: W,
+    buf: BytesMut,
+    version: Version,
+    conn: u64,
+    client_id: String,
+    shared: Arc<Shared>,
+    qos2: Arc<Mutex<HashSet<u16>>>,
+    subs: Vec<Sub>,
+    live: Option<broadcast::Receiver<Arc<Live>>>,
+    /// Our QoS 1 deliveries the client has not acknowledged yet.
+    inflight: HashSet<u16>,
+    max_inflight: usize,
+    next_pkid: u16,
+}
+
+impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
+    pub fn new(
+        wr: W,
+        session: &Session,
+        shared: Arc<Shared>,
+        qos2: Arc<Mutex<HashSet<u16>>>,
+    ) -> Self {
+        Writer {
+            wr,
+            buf: BytesMut::with_capacity(4096),
+            version: session.version,
+            conn: session.conn,
+            client_id: session.client_id.clone(),
+            shared,
+            qos2,
+            subs: Vec::new(),
+            live: None,
+            inflight: HashSet::new(),
+            max_inflight: usize::from(session.client_receive_max),
+            next_pkid: 1,
+        }
+    }
+
+    /// Runs until the reader closes the FIFO (then drains it) or a write fails.
+    pub async fn run(mut self, mut fifo: mpsc::Receiver<Entry>) -> Result<(), ConnError> {
+        loop {
+            let can_deliver = self.live.is_some() && self.inflight.len() < self.max_inflight;
+            tokio::select! {
+                biased;
+                entry = fifo.recv() => match entry {
+                    Some(entry) => self.handle(entry).await?,
+                    None => break,
+                },
+                live = next_live(self.live.as_mut()), if can_deliver => self.deliver(live)?,
+            }
+            if fifo.is_empty() {
+                self.flush().await?;
+            }
+        }
+        self.flush().await?;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.wr.shutdown()).await;
+        Ok(())
+    }
+
+    async fn handle(&mut self, entry: Entry) -> Result<(), ConnError> {
+        match entry {
+            Entry::Publish {
+                ticket,
+                ack,
+                topic,
+                payload,
+            } => {
+                let result = self.durable(ticket).await?;
+                self.acknowledge(ack, result, topic, payload)
+            }
+            Entry::Duplicate(pkid) => {
+                let pending = self.qos2_lock().contains(&pkid);
+                let reason = if pending {
+                    Reason::Success
+                } else {
+                    Reason::UnspecifiedError
+                };
+                self.encode(Out::PubRec(pkid, reason))
+            }
+            Entry::Send(out) => {
+                let closing = matches!(out, Out::Disconnect(_));
+                self.encode(out)?;
+                if closing {
+                    self.flush().await?;
+                }
+                Ok(())
+            }
+            Entry::Subscribe(granted, suback) => {
+                for sub in granted {
+                    self.subs.retain(|s| s.filter != sub.filter);
+                    self.subs.push(sub);
+                }
+                if self.live.is_none() && !self.subs.is_empty() {
+                    self.live = Some(self.shared.hub.subscribe());
+                }
+                self.encode(suback)
+            }
+            Entry::Unsubscribe(filters, unsuback) => {
+                self.subs.retain(|s| !filters.contains(&s.filter));
+                if self.subs.is_empty() {
+                    self.live = None;
+                }
+                self.encode(unsuback)
+            }
+            Entry::Delivered(pkid) => {
+                self.inflight.remove(&pkid);
+                Ok(())
+            }
+        }
+    }
+
+    /// Awaits the ticket; acks already encoded go out first if it is not
+    /// resolved yet, so they never wait for a later record's fsync.
+    async fn durable(
+        &mut self,
+        mut ticket: AppendTicket,
+    ) -> Result<Result<Appended, AppendError>, ConnError> {
+        if let Some(result) = ready_now(&mut ticket) {
+            return Ok(result);
+        }
+        self.flush().await?;
+        Ok(ticket.await)
+    }
+
+    fn acknowledge(
+        &mut self,
+        ack: Ack,
+        result: Result<Appended, AppendError>,
+        topic: Bytes,
+        payload: Bytes,
+    ) -> Result<(), ConnError> {
+        let stats = &self.shared.stats;
+        let reason = match &result {
+            Ok(_) => {
+                MqttStats::inc(&stats.publishes_appended);
+                if self.shared.hub.receiver_count() > 0 {
+                    let live = Live {
+                        topic,
+                        payload,
+                        qos: ack.qos(),
+                        origin: self.conn,
+                    };
+                    let _ = self.shared.hub.send(Arc::new(live));
+                }
+                Reason::Success
+            }
+            Err(e) => {
+                tracing::warn!(client_id = self.client_id, "mqtt publish not stored: {e}");
+                refusal_reason(stats, e)
+            }
+        };
+        if reason != Reason::Success {
+            return self.refuse(ack, reason);
+        }
+        match ack {
+            Ack::None => Ok(()),
+            Ack::PubAck(pkid) => self.encode(Out::PubAck(pkid, reason)),
+            Ack::PubRec(pkid) => self.encode(Out::PubRec(pkid, reason)),
+        }
+    }
+
+    /// A failed append: a negative ack (MQTT 5) or the end of the connection.
+    fn refuse(&mut self, ack: Ack, reason: Reason) -> Result<(), ConnError> {
+        if self.version == Version::V4 {
+            return Err(ConnError::RefusedV4(format!("{reason:?}")));
+        }
+        match ack {
+            Ack::PubAck(pkid) if reason != Reason::PacketTooLarge => {
+                self.encode(Out::PubAck(pkid, reason))
+            }
+            Ack::PubRec(pkid) if reason != Reason::PacketTooLarge => {
+                self.qos2_lock().remove(&pkid);
+                self.encode(Out::PubRec(pkid, reason))
+            }
+            _ => {
+                self.encode(Out::Disconnect(match reason {
+                    Reason::QuotaExceeded => DisconnectReasonCode::QuotaExceeded,
+                    Reason::PacketTooLarge => DisconnectReasonCode::PacketTooLarge,
+                    _ => DisconnectReasonCode::UnspecifiedError,
+                }))?;
+                Err(ConnError::Protocol(format!("publish refused: {reason:?}")))
+            }
+        }
+    }
+
+    /// Sends one live record to this connection if a subscription matches.
+    fn deliver(&mut self, live: Result<Arc<Live>, RecvError>) -> Result<(), ConnError> {
+        let live = match live {
+            Ok(live) => live,
+            Err(RecvError::Lagged(missed)) => {
+                MqttStats::add(&self.shared.stats.deliveries_lagged, missed);
+                tracing::warn!(client_id = self.client_id, missed, "subscriber too slow");
+                return Ok(());
+            }
+            Err(RecvError::Closed) => {
+                self.live = None;
+                return Ok(());
+            }
+        };
+        let Ok(topic) = std::str::from_utf8(&live.topic) else {
+            return Ok(());
+        };
+        let granted = self
+            .subs
+            .iter()
+            .filter(|s| !(s.no_local && live.origin == self.conn) && matches(topic, &s.filter))
+            .map(|s| s.qos)
+            .max();
+        let Some(granted) = granted else {
+            return Ok(());
+        };
+        let qos = granted.min(live.qos);
+        let pkid = if qos == 0 { 0 } else { self.take_pkid() };
+        MqttStats::inc(&self.shared.stats.deliveries);
+        self.encode(Out::Publish {
+            topic: live.topic.clone(),
+            payload: live.payload.clone(),
+            qos,
+            pkid,
+        })
+    }
+
+    fn take_pkid(&mut self) -> u16 {
+        // `inflight` is below max_inflight <= u16::MAX, so a free id exists.
+        while self.next_pkid == 0 || self.inflight.contains(&self.next_pkid) {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+        }
+        let pkid = self.next_pkid;
+        self.next_pkid = self.next_pkid.wrapping_add(1);
+        self.inflight.insert(pkid);
+        pkid
+    }
+
+    fn encode(&mut self, out: Out) -> Result<(), ConnError> {
+        Ok(codec::encode(out, self.version, &mut self.buf)?)
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.wr.write_all(&self.buf).await?;
+            self.wr.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ConnError::WriteTimeout),
+        }
+        self.buf.clear();
+        if self.buf.capacity() > 64 << 10 {
+            // A large delivery passed through: give the memory back.
+            self.buf = BytesMut::with_capacity(4096);
+        }
+        Ok(())
+    }
+
+    fn qos2_lock(&self) -> std::sync::MutexGuard<'_, HashSet<u16>> {
+        self.qos2.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The ticket's result if it has one already (polled with a no-op waker).
+fn ready_now(ticket: &mut AppendTicket) -> Option<Result<Appended, AppendError>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(ticket).poll(&mut cx) {
+        Poll::Ready(result) => Some(result),
+        Poll::Pending => None,
+    }
+}
+
+/// The next live record, or never when the connection subscribes to nothing.
+async fn next_live(
+    live: Option<&mut broadcast::Receiver<Arc<Live>>>,
+) -> Result<Arc<Live>, RecvError> {
+    match live {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
