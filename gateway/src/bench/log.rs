@@ -69,6 +69,8 @@ pub struct Figures {
     pub mb_per_s: f64,
     pub fsyncs_per_s: f64,
     pub disk_bytes_per_record: f64,
+    /// Mean fsync time in microseconds, when known.
+    pub fsync_us: Option<f64>,
 }
 
 fn parse_fsync(text: &str) -> anyhow::Result<FsyncPolicy> {
@@ -86,9 +88,10 @@ fn parse_fsync(text: &str) -> anyhow::Result<FsyncPolicy> {
 pub fn payload(kind: PayloadKind, size: usize, producer: usize, seq: usize) -> Bytes {
     let mut text = match kind {
         PayloadKind::Json => format!(
-            "{{\"device\":\"sensor-{producer:04}\",\"seq\":{seq},\"temp_c\":{:.2},\"humidity\":{:.1},\"battery_v\":3.{:02},\"status\":\"ok\"}}",
-            18.0 + (seq % 700) as f64 / 100.0,
-            40.0 + (seq % 300) as f64 / 10.0,
+            "{{\"device\":\"sensor-{producer:04}\",\"seq\":{seq},\"ts\":{},\"temp_c\":{:.2},\"rh\":{:.1},\"batt_v\":3.{:02},\"ok\":true}}",
+            crate::log::now_ms(),
+            18.0 + (seq * 7 % 700) as f64 / 100.0,
+            40.0 + (seq * 13 % 300) as f64 / 10.0,
             seq % 100
         )
         .into_bytes(),
@@ -162,6 +165,12 @@ fn print_figures(name: &str, f: &Figures, size: usize) {
         f.disk_bytes_per_record,
         f.disk_bytes_per_record - size as f64
     );
+    if let Some(us) = f.fsync_us {
+        println!(
+            "{name}  mean fsync {us:.0} us, {:.1} records per fsync",
+            f.records_per_s / f.fsyncs_per_s.max(1.0)
+        );
+    }
 }
 
 /// Appends `size`-byte writes to a fresh file in `dir`, each followed by fdatasync.
@@ -222,9 +231,12 @@ fn bench_tidewell(args: &BenchArgs, policy: FsyncPolicy, dir: &Path) -> anyhow::
     }
     let elapsed = started.elapsed();
     let fsyncs = Stats::get(&log.stats().fsyncs);
+    let fsync_us = Stats::get(&log.stats().fsync_micros_total) as f64 / fsyncs.max(1) as f64;
     drop(log);
     let total = per_producer * args.producers;
-    Ok(figures(total, args.size, elapsed, fsyncs, dir_bytes(dir)?))
+    let mut out = figures(total, args.size, elapsed, fsyncs, dir_bytes(dir)?);
+    out.fsync_us = Some(fsync_us);
+    Ok(out)
 }
 
 fn figures(
@@ -240,6 +252,7 @@ fn figures(
         mb_per_s: (records * size) as f64 / secs / 1e6,
         fsyncs_per_s: fsyncs as f64 / secs,
         disk_bytes_per_record: disk_bytes as f64 / records as f64,
+        fsync_us: None,
     }
 }
 

@@ -227,7 +227,7 @@ impl Log {
             pending_bytes: AtomicU64::new(0),
             poisoned: Mutex::new(None),
         });
-        let writer = Writer::new(rx, shared.clone()).map_err(OpenError::Thread)?;
+        let writer = Writer::new(rx, shared.clone());
         let handle = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run())
@@ -515,7 +515,10 @@ fn open_topic(
             pdir,
             name,
             Partition(p),
-            config.index_interval_bytes,
+            partition::Sizes {
+                index_interval_bytes: config.index_interval_bytes,
+                preallocate_bytes: topic_config.segment_bytes(),
+            },
             mode,
             findings,
         )?;

@@ -107,6 +107,14 @@ pub struct PartitionLog {
     meta_lock: Mutex<()>,
 }
 
+/// Sizes a partition is opened with.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub index_interval_bytes: u64,
+    /// Preallocation of the active segment (0: none).
+    pub preallocate_bytes: u64,
+}
+
 /// How a partition is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -130,7 +138,7 @@ impl PartitionLog {
         dir: PathBuf,
         topic: &str,
         id: Partition,
-        index_interval: u64,
+        sizes: Sizes,
         mode: Mode,
         findings: &mut Vec<Finding>,
     ) -> Result<PartitionLog, OpenError> {
@@ -144,7 +152,12 @@ impl PartitionLog {
             storage: &*storage,
             recovery_point: meta.synced,
             dir: &dir,
-            interval: index_interval,
+            interval: sizes.index_interval_bytes,
+            preallocate: if mode == Mode::ReadWrite {
+                sizes.preallocate_bytes
+            } else {
+                0
+            },
             mode,
             findings,
         };
@@ -475,6 +488,8 @@ type Opened = (BTreeMap<u64, SegmentRef>, Vec<(PathBuf, CorruptSpan)>);
 
 struct Opener<'a> {
     storage: &'a dyn Storage,
+    /// Bytes to preallocate for a segment created or recovered as the active one.
+    preallocate: u64,
     /// The partition's checkpointed recovery point (`PartitionMeta::synced`).
     recovery_point: u64,
     dir: &'a Path,
@@ -489,7 +504,8 @@ impl Opener<'_> {
         let mut corrupt = Vec::new();
         if bases.is_empty() && self.mode == Mode::ReadWrite {
             let base = SegmentBase(meta.start.max(meta.replicated.unwrap_or(0)));
-            let seg = Segment::create(self.storage, self.dir, base).context(self.dir)?;
+            let seg = Segment::create(self.storage, self.dir, base, self.preallocate)
+                .context(self.dir)?;
             self.storage.sync_dir(self.dir).context(self.dir)?;
             segments.insert(base.0, Arc::new(seg));
         }
@@ -539,10 +555,12 @@ impl Opener<'_> {
                 Offset(base.0 + u64::from(e.relative_offset)),
             )
         });
-        let mut scan = recovery::scan(&*log, scan_from, expected, len).context(&log_path)?;
-        if next_base.is_none() {
-            scan.cut_unsynced(Offset(self.recovery_point));
-        }
+        let unsynced_from = match next_base {
+            None => Offset(self.recovery_point),
+            Some(_) => Offset(u64::MAX), // sealed: synced when it was rolled
+        };
+        let scan =
+            recovery::scan(&*log, scan_from, expected, len, unsynced_from).context(&log_path)?;
         let mut spans = scan.corrupt.clone();
         let size = self.settle_tail(&log_path, &*log, &scan, next_base, &mut spans)?;
         let last_pos = entries.last().map_or(0, |e| u64::from(e.position));
@@ -617,6 +635,9 @@ impl Opener<'_> {
         if truncated {
             log.set_len(tail.position).context(path)?;
             log.sync_data().context(path)?;
+            if let Err(e) = log.preallocate(self.preallocate) {
+                tracing::debug!("{}: no preallocation ({e})", path.display());
+            }
         }
         self.findings.push(Finding::TornTail {
             path: path.to_path_buf(),

@@ -32,7 +32,17 @@ pub struct CorruptSpan {
 pub struct Tail {
     pub position: u64,
     pub bytes: u64,
+    /// The tail starts with a zeroed header: preallocated space after the
+    /// last batch (or a write whose first sector never reached the disk).
+    pub zeros: bool,
     pub reason: String,
+}
+
+fn starts_with_zeros(file: &dyn StorageFile, position: u64, len: u64) -> io::Result<bool> {
+    let mut head = [0u8; HEADER_LEN];
+    let n = ((len - position) as usize).min(HEADER_LEN);
+    file.read_exact_at(&mut head[..n], position)?;
+    Ok(head[..n].iter().all(|&b| b == 0))
 }
 
 #[derive(Debug, Default)]
@@ -46,31 +56,6 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// Turns damage at or past the recovery point into a torn tail: those
-    /// bytes were not yet synced at the crash, so writes may have reached the
-    /// disk out of order, and whatever follows the first damage is cut too.
-    /// Offsets stay dense; only unsynced (never acknowledged under `always`)
-    /// data goes.
-    pub fn cut_unsynced(&mut self, recovery_point: Offset) {
-        let Some(i) = self.corrupt.iter().position(|s| s.from >= recovery_point) else {
-            return;
-        };
-        let span = self.corrupt[i].clone();
-        let len = self
-            .tail
-            .as_ref()
-            .map_or(self.valid_end, |t| t.position + t.bytes);
-        self.corrupt.truncate(i);
-        self.batches.retain(|b| b.position < span.position);
-        self.tail = Some(Tail {
-            position: span.position,
-            bytes: len - span.position,
-            reason: span.reason,
-        });
-        self.valid_end = span.position;
-        self.next_offset = span.from;
-    }
-
     pub fn max_timestamp_ms(&self) -> Option<i64> {
         self.batches.iter().map(|b| b.header.max_timestamp_ms).max()
     }
@@ -78,11 +63,18 @@ impl Scan {
 
 /// Scans `file` from `position`, where a batch with base offset `expected`
 /// must start, to `len`.
+///
+/// Damage where offsets at or past `unsynced_from` belong (the recovery
+/// point of the newest segment) ends the scan: those bytes were not yet
+/// synced at the crash, writes may have reached the disk out of order, so
+/// everything from there on is a torn tail. Damage before it is corruption,
+/// and the scan looks for the next good batch to go on.
 pub fn scan(
     file: &dyn StorageFile,
     mut position: u64,
     mut expected: Offset,
     len: u64,
+    unsynced_from: Offset,
 ) -> io::Result<Scan> {
     let mut out = Scan::default();
     while position < len {
@@ -104,7 +96,12 @@ pub fn scan(
             Err(BatchReadError::Invalid(e)) => e.to_string(),
             Err(BatchReadError::Io(e)) => return Err(e),
         };
-        match find_next_valid(file, position + 1, expected, len)? {
+        let next = if expected >= unsynced_from {
+            None
+        } else {
+            find_next_valid(file, position + 1, expected, len)?
+        };
+        match next {
             Some(next) => {
                 out.corrupt.push(CorruptSpan {
                     position,
@@ -120,6 +117,7 @@ pub fn scan(
                 out.tail = Some(Tail {
                     position,
                     bytes: len - position,
+                    zeros: starts_with_zeros(file, position, len)?,
                     reason,
                 });
                 break;

@@ -80,10 +80,16 @@ impl Segment {
         storage: &dyn Storage,
         dir: &Path,
         base: SegmentBase,
+        preallocate_bytes: u64,
     ) -> Result<Segment, std::io::Error> {
         let log_path = dir.join(log_file_name(base));
         let index_path = dir.join(index_file_name(base));
         let log = storage.open(&log_path, true)?;
+        if preallocate_bytes > 0 {
+            if let Err(e) = log.preallocate(preallocate_bytes) {
+                tracing::debug!("{}: no preallocation ({e})", log_path.display());
+            }
+        }
         let index_file = storage.open(&index_path, true)?;
         Ok(Segment::from_parts(
             base,
@@ -202,8 +208,19 @@ impl Segment {
         self.log.sync_data().context(&self.log_path)
     }
 
-    /// Trims the index file to the in-memory entries and syncs it; done when
-    /// the segment stops being the active one and at a clean shutdown.
+    /// Cuts preallocated space after the data and syncs the log and its
+    /// index: done when the segment stops being the active one and at a
+    /// clean shutdown, so a sealed segment's length is its data.
+    pub fn seal(&self) -> Result<(), StorageError> {
+        let size = self.size();
+        if self.log.len().context(&self.log_path)? != size {
+            self.log.set_len(size).context(&self.log_path)?;
+        }
+        self.sync_log()?;
+        self.sync_index()
+    }
+
+    /// Trims the index file to the in-memory entries and syncs it.
     pub fn sync_index(&self) -> Result<(), StorageError> {
         let len = self
             .index

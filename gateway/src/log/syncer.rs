@@ -1,12 +1,9 @@
-//! The second stage of group commit: fsync, then acknowledge.
+//! The second half of group commit: one fsync per written segment, then the
+//! waiters are released and readers may see the records.
 //!
-//! The writer hands over what it wrote for `fsync = "always"` topics and goes
-//! on writing the next group while this thread syncs. One `fdatasync` per
-//! segment covers every batch written to it before the call, so each fsync
-//! serves all producers that queued while the previous one ran: the disk is
-//! kept busy with syncs, and producers share them.
+//! One `fdatasync` covers every batch written to the segment before the call,
+//! so all producers whose records went into the group share it.
 
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,53 +22,43 @@ pub struct Written {
     pub acks: Vec<(Completer, Appended)>,
 }
 
-pub struct Syncer {
-    pub rx: Receiver<Vec<Written>>,
-    pub shared: Arc<Shared>,
+/// Syncs the segments behind `jobs`, then resolves their waiters. Returns
+/// how long the fsyncs took, or the failure (the log is then poisoned).
+pub fn sync_and_ack(shared: &Shared, jobs: Vec<Written>) -> Result<std::time::Duration, String> {
+    if let Some(reason) = shared.poison_reason() {
+        fail_all(jobs, &reason);
+        return Err(reason);
+    }
+    let started = Instant::now();
+    if let Err(e) = sync_segments(shared, &jobs) {
+        let reason = e.to_string();
+        tracing::error!("log fsync failed, refusing further writes: {reason}");
+        shared.poison(reason.clone());
+        fail_all(jobs, &reason);
+        return Err(reason);
+    }
+    let took = started.elapsed();
+    for job in jobs {
+        publish(&job.part, job.end);
+        for (done, appended) in job.acks {
+            done.complete(Ok(appended));
+        }
+    }
+    Ok(took)
 }
 
-impl Syncer {
-    pub fn run(self) {
-        while let Ok(first) = self.rx.recv() {
-            let mut jobs = first;
-            while let Ok(more) = self.rx.try_recv() {
-                jobs.extend(more);
-            }
-            self.sync_and_ack(jobs);
+fn sync_segments(shared: &Shared, jobs: &[Written]) -> Result<(), StorageError> {
+    let mut synced: Vec<usize> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let key = Arc::as_ptr(&job.seg) as usize;
+        if !synced.contains(&key) {
+            let started = Instant::now();
+            job.seg.sync_log()?;
+            shared.stats.record_fsync(started.elapsed());
+            synced.push(key);
         }
     }
-
-    fn sync_and_ack(&self, jobs: Vec<Written>) {
-        if let Some(reason) = self.shared.poison_reason() {
-            return fail_all(jobs, &reason);
-        }
-        if let Err(e) = self.sync_segments(&jobs) {
-            let reason = e.to_string();
-            tracing::error!("log fsync failed, refusing further writes: {reason}");
-            self.shared.poison(reason.clone());
-            return fail_all(jobs, &reason);
-        }
-        for job in jobs {
-            publish(&job.part, job.end);
-            for (done, appended) in job.acks {
-                done.complete(Ok(appended));
-            }
-        }
-    }
-
-    fn sync_segments(&self, jobs: &[Written]) -> Result<(), StorageError> {
-        let mut synced: Vec<usize> = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let key = Arc::as_ptr(&job.seg) as usize;
-            if !synced.contains(&key) {
-                let started = Instant::now();
-                job.seg.sync_log()?;
-                self.shared.stats.record_fsync(started.elapsed());
-                synced.push(key);
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 pub fn fail_all(jobs: Vec<Written>, reason: &str) {

@@ -70,9 +70,10 @@ fn verify_partition(part: &PartitionLog) -> Result<PartitionReport, StorageError
         end_offset: part.state().next_offset.0,
         problems: Vec::new(),
     };
+    let recovery_point = Offset(part.state().meta.synced);
     for (i, seg) in segments.iter().enumerate() {
         let next_base = segments.get(i + 1).map(|s| Offset(s.base.0));
-        verify_segment(seg, next_base, &mut report)?;
+        verify_segment(seg, next_base, recovery_point, &mut report)?;
     }
     Ok(report)
 }
@@ -80,11 +81,18 @@ fn verify_partition(part: &PartitionLog) -> Result<PartitionReport, StorageError
 fn verify_segment(
     seg: &Segment,
     next_base: Option<Offset>,
+    recovery_point: Offset,
     report: &mut PartitionReport,
 ) -> Result<(), StorageError> {
     let file = seg.log_file();
     let len = file.len().context(&seg.log_path)?;
-    let scan = recovery::scan(&**file, 0, Offset(seg.base.0), len).context(&seg.log_path)?;
+    let unsynced_from = if next_base.is_none() {
+        recovery_point
+    } else {
+        Offset(u64::MAX)
+    };
+    let scan = recovery::scan(&**file, 0, Offset(seg.base.0), len, unsynced_from)
+        .context(&seg.log_path)?;
     let mut problem = |position: Option<u64>, what: String, damage: bool| {
         report.problems.push(Problem {
             path: seg.log_path.clone(),
@@ -103,7 +111,12 @@ fn verify_segment(
             true,
         );
     }
-    if let Some(tail) = &scan.tail {
+    // Zeros after the last batch of the newest segment are its preallocated space.
+    let tail = scan
+        .tail
+        .as_ref()
+        .filter(|t| !(t.zeros && next_base.is_none()));
+    if let Some(tail) = tail {
         let torn = next_base.is_none();
         let what = if torn {
             format!(

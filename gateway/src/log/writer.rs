@@ -7,9 +7,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::batch::{self, BatchHeader};
@@ -18,7 +17,7 @@ use super::error::{AppendError, StorageContext, StorageError};
 use super::partition::PartitionLog;
 use super::retention;
 use super::segment::{Segment, SegmentRef};
-use super::syncer::{self, publish, Syncer, Written};
+use super::syncer::{self, publish, Written};
 use super::ticket::{Appended, Completer};
 use super::types::{Offset, Record, SegmentBase};
 use super::{Shared, TopicLog};
@@ -29,6 +28,8 @@ const MAX_BATCH_PAYLOAD: usize = batch::MAX_BATCH_BYTES / 4;
 /// Stop gathering a group at this size: bounded latency for the first waiter.
 const MAX_GROUP_BYTES: usize = 8 << 20;
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// Upper bound of the wait for producers to come back before a group is written.
+const MAX_GATHER_WAIT: Duration = Duration::from_millis(2);
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 pub struct Request {
@@ -49,9 +50,11 @@ pub enum Msg {
 pub struct Writer {
     pub rx: Receiver<Msg>,
     pub shared: Arc<Shared>,
-    /// To the syncer thread; `None` once it is shut down.
-    sync_tx: Option<Sender<Vec<Written>>>,
-    syncer: Option<JoinHandle<()>>,
+    /// Requests acknowledged by the last fsync: that many producers are
+    /// likely to come straight back, and are worth a moment's wait.
+    last_acked: usize,
+    /// Moving average of the group fsync time, which bounds that wait.
+    fsync_avg: Duration,
     /// Partitions under `interval_ms` written since their last fsync.
     /// Keyed by the partition's address (identity only).
     dirty: HashMap<usize, (Arc<PartitionLog>, SegmentRef, Offset, Instant)>,
@@ -62,26 +65,18 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(rx: Receiver<Msg>, shared: Arc<Shared>) -> std::io::Result<Writer> {
-        let (sync_tx, sync_rx) = mpsc::channel();
-        let syncer = Syncer {
-            rx: sync_rx,
-            shared: shared.clone(),
-        };
-        let handle = std::thread::Builder::new()
-            .name("log-sync".into())
-            .spawn(move || syncer.run())?;
-        Ok(Writer {
+    pub fn new(rx: Receiver<Msg>, shared: Arc<Shared>) -> Writer {
+        Writer {
             rx,
             shared,
-            sync_tx: Some(sync_tx),
-            syncer: Some(handle),
+            last_acked: 0,
+            fsync_avg: Duration::ZERO,
             dirty: HashMap::new(),
             last_retention: Instant::now(),
             last_recovery_point: Instant::now(),
             disk: DiskWatch::default(),
             buf: Vec::with_capacity(64 * 1024),
-        })
+        }
     }
 
     pub fn run(mut self) {
@@ -104,9 +99,14 @@ impl Writer {
         self.shutdown();
     }
 
+    /// Takes `first` and everything queued behind it. When the last fsync
+    /// released more producers than have come back yet, waits for them a
+    /// little (at most half an fsync): a record that just misses a group
+    /// waits a whole fsync for the next one.
     fn gather(&mut self, first: Msg) -> (Vec<Request>, bool) {
         let mut group = Vec::new();
         let mut bytes = 0;
+        let deadline = Instant::now() + (self.fsync_avg / 2).min(MAX_GATHER_WAIT);
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
@@ -129,11 +129,14 @@ impl Writer {
                     group.push(req);
                 }
             }
-            next = if bytes < MAX_GROUP_BYTES {
-                self.rx.try_recv().ok()
-            } else {
-                None
-            };
+            if bytes >= MAX_GROUP_BYTES {
+                break;
+            }
+            next = self.rx.try_recv().ok();
+            if next.is_none() && group.len() < self.last_acked {
+                let left = deadline.saturating_duration_since(Instant::now());
+                next = self.rx.recv_timeout(left).ok();
+            }
         }
         (group, false)
     }
@@ -170,20 +173,14 @@ impl Writer {
                 }
             }
         }
-        if !to_sync.is_empty() {
-            self.hand_to_syncer(to_sync);
-        }
         for (policy, w) in written {
             self.finish(policy, w);
         }
-    }
-
-    fn hand_to_syncer(&mut self, jobs: Vec<Written>) {
-        let Some(tx) = &self.sync_tx else {
-            return syncer::fail_all(jobs, "the log is shutting down");
-        };
-        if let Err(returned) = tx.send(jobs) {
-            syncer::fail_all(returned.0, "the log's sync thread is gone");
+        self.last_acked = to_sync.iter().map(|w| w.acks.len()).sum();
+        if !to_sync.is_empty() {
+            if let Ok(took) = syncer::sync_and_ack(&self.shared, to_sync) {
+                self.fsync_avg = (self.fsync_avg * 7 + took) / 8;
+            }
         }
     }
 
@@ -310,10 +307,15 @@ impl Writer {
         if !too_big && !too_many {
             return Ok(active);
         }
-        active.sync_log()?;
-        active.sync_index()?;
+        active.seal()?;
         let seg = Arc::new(
-            Segment::create(&*part.storage, &part.dir, SegmentBase(base.0)).context(&part.dir)?,
+            Segment::create(
+                &*part.storage,
+                &part.dir,
+                SegmentBase(base.0),
+                topic.config.segment_bytes(),
+            )
+            .context(&part.dir)?,
         );
         part.storage.sync_dir(&part.dir).context(&part.dir)?;
         part.state_mut().segments.insert(base.0, seg.clone());
@@ -438,10 +440,6 @@ impl Writer {
                 self.process(vec![req]);
             }
         }
-        self.sync_tx = None; // the syncer drains its queue and exits
-        if let Some(handle) = self.syncer.take() {
-            let _ = handle.join();
-        }
         if self.shared.poison_reason().is_some() {
             return;
         }
@@ -450,8 +448,7 @@ impl Writer {
                 for part in &topic.partitions {
                     let active = part.state().active().cloned();
                     if let Some(seg) = active {
-                        seg.sync_log()?;
-                        seg.sync_index()?;
+                        seg.seal()?;
                     }
                     let end = part.state().next_offset;
                     publish(part, end);

@@ -134,10 +134,11 @@ fn torn_tail_is_truncated_on_open() {
         })
         .collect();
     assert_eq!(torn.len(), 1, "{:?}", log.findings());
-    assert_eq!(
-        disk.read_file(&newest).unwrap().len(),
-        good_len,
-        "cut back to the last whole batch"
+    let after = disk.read_file(&newest).unwrap();
+    assert_eq!(&after[..good_len], &bytes[..good_len]);
+    assert!(
+        after[good_len..].iter().all(|&b| b == 0),
+        "cut back to the last whole batch (then preallocated again)"
     );
     let got = read_all(&log, "t", 0);
     assert_eq!(got.len(), records.len());
