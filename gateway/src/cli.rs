@@ -136,8 +136,11 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .enable_all()
         .worker_threads(2)
         .build()?;
+    // Signal handlers go in before anything announces readiness, so a stop
+    // request right after `ready` is a clean stop, not a kill.
+    let stop = runtime.block_on(async { StopSignals::install() })?;
     let mqtt = runtime.block_on(start_mqtt(&config, &log))?;
-    runtime.block_on(wait_for_stop())?;
+    runtime.block_on(stop.wait());
     tracing::info!("stopping: syncing the log");
     drop(mqtt);
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -180,13 +183,24 @@ fn hash_password() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_stop() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM (systemd's stop) and SIGINT (Ctrl-C).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn open_existing(data_dir: &Path) -> anyhow::Result<Log> {
