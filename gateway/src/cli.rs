@@ -81,6 +81,8 @@ struct DumpArgs {
 enum BenchCommand {
     /// Durable appends from concurrent producers, against SQLite and the raw fdatasync rate.
     Log(crate::bench::log::BenchArgs),
+    /// Time to open a large log: after a clean stop, and after a crash with a torn tail.
+    Open(crate::bench::open::OpenArgs),
     /// MQTT load (N clients x M messages): Tidewell (fsync always) against Mosquitto, or any broker.
     #[cfg(feature = "bench-mqtt")]
     Mqtt(crate::bench::mqtt::BenchArgs),
@@ -112,6 +114,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run(config.as_deref()),
         Command::Log(LogCommand::Verify { data_dir, json }) => verify(&data_dir, json),
         Command::Log(LogCommand::Dump(args)) => dump(&args),
+        Command::Bench(BenchCommand::Open(args)) => {
+            crate::bench::open::run(&args).map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Log(args)) => {
             crate::bench::log::run(&args).map(|()| ExitCode::SUCCESS)
         }

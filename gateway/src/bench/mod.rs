@@ -2,5 +2,6 @@
 //! side in one run, on this machine, and prints ratios.
 
 pub mod log;
+pub mod open;
 #[cfg(feature = "bench-mqtt")]
 pub mod mqtt;

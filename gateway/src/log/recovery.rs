@@ -175,7 +175,7 @@ fn plausible_header(bytes: &[u8], expected: Offset) -> bool {
 /// are well formed: strictly increasing, inside the segment, not zero.
 pub fn decode_index(bytes: &[u8], log_len: u64) -> (Vec<IndexEntry>, bool) {
     let mut entries = Vec::with_capacity(bytes.len() / 8);
-    let whole = bytes.len() % 8 == 0;
+    let whole = bytes.len().is_multiple_of(8);
     for chunk in bytes.chunks_exact(8) {
         let entry = IndexEntry::decode(chunk);
         let increasing = entries.last().is_none_or(|last: &IndexEntry| {

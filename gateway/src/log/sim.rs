@@ -216,14 +216,14 @@ fn apply(data: &mut Vec<u8>, pos: u64, bytes: &[u8]) {
 /// zeros where sectors were lost.
 fn apply_torn(data: &mut Vec<u8>, pos: u64, bytes: &[u8], rng: &mut u64) {
     let end = pos + bytes.len() as u64;
-    if (data.len() as u64) < end && next(rng) % 2 == 0 {
+    if (data.len() as u64) < end && next(rng).is_multiple_of(2) {
         data.resize(end as usize, 0);
     }
     let mut sector_start = pos - pos % SECTOR;
     while sector_start < end {
         let from = sector_start.max(pos);
         let to = (sector_start + SECTOR).min(end);
-        if next(rng) % 2 == 0 && (to as usize) <= data.len().max(to as usize) {
+        if next(rng).is_multiple_of(2) {
             apply(
                 data,
                 from,

@@ -124,7 +124,7 @@ fn crash_run(seed: u64, crash_at: Option<u64>, fail_at: Option<u64>, appends: u6
     disk.set_faults(Faults {
         crash_at,
         fail_at,
-        short_writes: seed % 2 == 0,
+        short_writes: seed.is_multiple_of(2),
         ..Faults::default()
     });
     let mut rng = Rng(seed * 7919 + 1);

@@ -41,9 +41,9 @@ pub fn record(rng: &mut Rng, tag: u64) -> Record {
     value.extend((0..len).map(|i| (tag as usize + i) as u8));
     Record {
         timestamp_ms: 1_764_000_000_000 + tag as i64,
-        key: (tag % 3 == 0).then(|| Bytes::from(format!("k{tag}"))),
+        key: (tag.is_multiple_of(3)).then(|| Bytes::from(format!("k{tag}"))),
         value: Bytes::from(value),
-        headers: if tag % 5 == 0 {
+        headers: if tag.is_multiple_of(5) {
             vec![("h".into(), Bytes::from_static(b"v"))]
         } else {
             Vec::new()
