@@ -11,6 +11,9 @@
 //! - The protocol level is read from the CONNECT bytes to pick the codec.
 //! - rumqttd keeps a PUBLISH's QoS, packet id and DUP flag crate-private, so
 //!   they are read here from the raw frame (`PublishMeta`).
+//! - rumqttd's v5 reader panics (`unreachable!`) on a CONNACK or UNSUBACK
+//!   with a body (found by the property test below); only the packet types
+//!   a client may send reach it.
 //! - rumqttd's writers panic (`unreachable!`) on a few combinations (v4
 //!   packets with properties, v4 CONNACK codes that only exist in v5); all
 //!   outgoing packets go through [`Out`], which only builds valid ones.
@@ -34,6 +37,10 @@ pub enum Version {
     /// MQTT 5.
     V5,
 }
+
+/// Packet types a client sends: CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL,
+/// PUBCOMP, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT.
+const CLIENT_PACKET_TYPES: [u8; 10] = [1, 3, 4, 5, 6, 7, 8, 10, 12, 14];
 
 /// What rumqttd's `Publish` keeps private.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +88,14 @@ pub fn decode(
         return Ok(None);
     };
     let mut frame = buf.split_to(len);
+    // rumqttd's v5 reader panics (`unreachable!`) on a CONNACK or UNSUBACK
+    // with a body; a server never receives those packet types anyway.
+    let packet_type = frame.first().map_or(0, |b| b >> 4);
+    if !CLIENT_PACKET_TYPES.contains(&packet_type) {
+        return Err(CodecError::Malformed(format!(
+            "packet type {packet_type} is not sent by clients"
+        )));
+    }
     let meta = publish_meta(&frame);
     let packet = match version {
         Version::V4 => V4.read_mut(&mut frame, max_frame_bytes),
