@@ -14,6 +14,8 @@
 //! - rumqttd's v5 reader panics (`unreachable!`) on a CONNACK or UNSUBACK
 //!   with a body (found by the property test below); only the packet types
 //!   a client may send reach it.
+//! - rumqttd's v5 DISCONNECT writer miscounts its length without
+//!   properties (a stray byte follows the packet); ours carry a reason string.
 //! - rumqttd's writers panic (`unreachable!`) on a few combinations (v4
 //!   packets with properties, v4 CONNACK codes that only exist in v5); all
 //!   outgoing packets go through [`Out`], which only builds valid ones.
@@ -22,9 +24,9 @@ use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::v4::{self, V4};
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
-    PingResp, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason,
-    Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
+    DisconnectReasonCode, Packet, PingResp, Protocol, PubAck, PubAckReason, PubComp, PubCompReason,
+    PubRec, PubRecReason, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 
 use super::error::CodecError;
@@ -252,7 +254,18 @@ fn to_packet(out: Out, version: Version) -> Option<Packet> {
             None,
         ),
         Out::PingResp => Packet::PingResp(PingResp),
-        Out::Disconnect(reason_code) if v5 => Packet::Disconnect(Disconnect { reason_code }, None),
+        Out::Disconnect(reason_code) if v5 => Packet::Disconnect(
+            Disconnect { reason_code },
+            // rumqttd 0.20 miscounts a DISCONNECT without properties (it
+            // writes `E0 01 rc 00`), and drops the reason code when the
+            // properties are empty; a reason string avoids both.
+            Some(DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(format!("{reason_code:?}")),
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
+        ),
         Out::Disconnect(_) => return None,
         Out::Publish {
             topic,

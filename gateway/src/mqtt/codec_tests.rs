@@ -145,3 +145,65 @@ proptest! {
         }
     }
 }
+
+/// Every packet we send parses with an independent codec (rumqttc's, the
+/// client side) and leaves no stray bytes: rumqttd 0.20 writes an MQTT 5
+/// DISCONNECT without properties as `E0 01 rc 00`, one byte longer than its
+/// remaining length, which this test caught.
+#[test]
+fn every_outgoing_packet_parses_with_rumqttcs_codec_without_leftovers() {
+    let outs = [
+        Out::ConnAck {
+            code: ConnectReturnCode::Success,
+            properties: Some(ConnAckProperties {
+                receive_max: Some(64),
+                max_packet_size: Some(1 << 20),
+                retain_available: Some(0),
+                ..ConnAckProperties::default()
+            }),
+        },
+        Out::ConnAck {
+            code: ConnectReturnCode::BadUserNamePassword,
+            properties: None,
+        },
+        Out::PubAck(1, Reason::Success),
+        Out::PubAck(1, Reason::NotAuthorized),
+        Out::PubRec(2, Reason::Success),
+        Out::PubRec(2, Reason::QuotaExceeded),
+        Out::PubComp(3, Reason::Success),
+        Out::PubComp(3, Reason::PacketIdNotFound),
+        Out::SubAck(4, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]),
+        Out::SubAck(4, vec![SubscribeReasonCode::NotAuthorized]),
+        Out::UnsubAck(5, 1),
+        Out::PingResp,
+        Out::Disconnect(DisconnectReasonCode::PacketTooLarge),
+        Out::Disconnect(DisconnectReasonCode::NormalDisconnection),
+        Out::Publish {
+            topic: Bytes::from_static(b"devices/d/t"),
+            payload: Bytes::from_static(b"payload"),
+            qos: 1,
+            pkid: 9,
+        },
+        Out::Publish {
+            topic: Bytes::from_static(b"devices/d/t"),
+            payload: Bytes::from_static(b""),
+            qos: 0,
+            pkid: 0,
+        },
+    ];
+    for out in outs {
+        let mut buf = BytesMut::new();
+        encode(out.clone(), Version::V5, &mut buf).unwrap();
+        let parsed = rumqttc::v5::mqttbytes::v5::Packet::read(&mut buf, None);
+        assert!(parsed.is_ok(), "v5 {out:?}: {parsed:?}");
+        assert!(buf.is_empty(), "v5 {out:?}: {} stray bytes", buf.len());
+        let mut buf = BytesMut::new();
+        encode(out.clone(), Version::V4, &mut buf).unwrap();
+        if buf.is_empty() {
+            continue; // no DISCONNECT from a 3.1.1 server
+        }
+        let parsed = rumqttc::mqttbytes::v4::read(&mut buf, 1 << 20);
+        assert!(parsed.is_ok(), "v4 {out:?}: {parsed:?}");
+        assert!(buf.is_empty(), "v4 {out:?}: {} stray bytes", buf.len());
+    }
+}

@@ -29,6 +29,9 @@ const MAX_CONNECT_BYTES: usize = 64 << 10;
 const FRAME_OVERHEAD_BYTES: usize = 128 << 10;
 /// Longest client id we accept (MQTT 3.1.1 guarantees 23).
 const MAX_CLIENT_ID_BYTES: usize = 128;
+/// How long, and how many reads, a closing connection's input is drained.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_READS: usize = 256;
 /// A write to the client that takes longer ends the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -389,5 +392,25 @@ where
     }
     drop(reader);
     let written = writer.await.unwrap_or(Err(ConnError::Shutdown));
+    if ended.is_err() {
+        linger(&mut rd).await;
+    }
     ended.and(written)
+}
+
+/// After we close on a client (refusal, error), reads and discards what it
+/// still sends for a moment: closing a socket with unread input makes the
+/// kernel send a reset, which can destroy our DISCONNECT before the client
+/// reads its reason code.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let mut sink = [0u8; 4096];
+    let discard = async {
+        for _ in 0..LINGER_READS {
+            match rd.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }
