@@ -40,6 +40,15 @@ enum Command {
     /// MQTT helpers.
     #[command(subcommand)]
     Mqtt(MqttCommand),
+    /// Simulators that play devices.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Play a firmware-proto sensor on a serial port (or pseudo-terminal).
+    Serial(crate::serial::sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -114,6 +123,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run(config.as_deref()),
         Command::Log(LogCommand::Verify { data_dir, json }) => verify(&data_dir, json),
         Command::Log(LogCommand::Dump(args)) => dump(&args),
+        Command::Sim(SimCommand::Serial(args)) => crate::serial::sim::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Open(args)) => {
             crate::bench::open::run(&args).map(|()| ExitCode::SUCCESS)
         }
@@ -144,10 +154,12 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     // Signal handlers go in before anything announces readiness, so a stop
     // request right after `ready` is a clean stop, not a kill.
     let stop = runtime.block_on(async { StopSignals::install() })?;
+    let serial = runtime.block_on(async { crate::serial::start(&config.serial, log.clone()) });
     let mqtt = runtime.block_on(start_mqtt(&config, &log))?;
     runtime.block_on(stop.wait());
     tracing::info!("stopping: syncing the log");
     drop(mqtt);
+    drop(serial);
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match Arc::try_unwrap(log) {
         Ok(log) => log.close(),

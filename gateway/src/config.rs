@@ -56,6 +56,8 @@ pub struct Config {
     /// The MQTT listener (`[mqtt]`, see `mqtt::config`); on by default,
     /// loopback only.
     pub mqtt: crate::mqtt::MqttConfig,
+    /// Serial ports (`[[serial.ports]]`, see `serial::config`); none by default.
+    pub serial: crate::serial::SerialConfig,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             log: LogSection::default(),
             topics: BTreeMap::from([(DEFAULT_TOPIC.to_string(), TopicConfig::default())]),
             mqtt: crate::mqtt::MqttConfig::default(),
+            serial: crate::serial::SerialConfig::default(),
         }
     }
 }
@@ -111,6 +114,10 @@ impl Config {
         }
         self.mqtt
             .validate()
+            .map_err(|(key, message)| invalid(key, &message))?;
+        let topics: Vec<&str> = self.topics.keys().map(String::as_str).collect();
+        self.serial
+            .validate(&topics)
             .map_err(|(key, message)| invalid(key, &message))?;
         if self.log.index_interval_bytes == 0 {
             return Err(invalid(

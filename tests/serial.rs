@@ -1,0 +1,224 @@
+//! Serial ingest end to end: the real gateway binary on one end of a
+//! pseudo-terminal pair made by socat, the device simulator
+//! (`tidewell sim serial`, driving firmware-proto's `DeviceSession`) on the
+//! other, and `tidewell log dump` to read back what is on disk.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
+
+/// Waits for `condition` with a deadline, re-checking every 20 ms.
+fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20)); // polling a condition other processes change
+    }
+}
+
+/// A socat pseudo-terminal pair: the gateway's end and the device's end, at
+/// fixed link paths so they can be recreated ("replugged").
+struct Cable {
+    child: Child,
+    gateway_end: PathBuf,
+    device_end: PathBuf,
+}
+
+impl Cable {
+    fn plug(dir: &Path) -> Cable {
+        let gateway_end = dir.join("ttyGW");
+        let device_end = dir.join("ttyDEV");
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", gateway_end.display()))
+            .arg(format!("pty,raw,echo=0,link={}", device_end.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is installed (tests/run installs it)");
+        wait_for("socat's pseudo-terminals", Duration::from_secs(10), || gateway_end.exists() && device_end.exists());
+        Cable { child, gateway_end, device_end }
+    }
+
+    fn unplug(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.gateway_end);
+        let _ = std::fs::remove_file(&self.device_end);
+    }
+}
+
+impl Drop for Cable {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Gateway(Child);
+
+impl Gateway {
+    fn start(dir: &Path, port: &Path, format: &str) -> Gateway {
+        let config = format!(
+            "data_dir = \"{data}\"\n[mqtt]\nenabled = false\n[[serial.ports]]\npath = \"{port}\"\nbaud = 115200\nformat = \"{format}\"\n",
+            data = dir.join("data").display(),
+            port = port.display(),
+        );
+        let path = dir.join("tidewell.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("gateway ready line");
+            if line.starts_with("tidewell: ready") {
+                break;
+            }
+        }
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Gateway(child)
+    }
+
+    fn kill(mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the device simulator; its JSON report comes on stdout at the end.
+fn device(port: &Path, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(["sim", "serial", "--port"])
+        .arg(port)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn report(child: Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "simulator failed: {text}");
+    serde_json::from_str(text.trim()).expect("JSON report")
+}
+
+/// The `int` values of `device`'s readings in the log, in log order.
+fn logged_values(dir: &Path, device: &str) -> Vec<i64> {
+    let out = Command::new(BIN)
+        .args(["log", "dump", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|r| r["key"] == device)
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(r["payload"].as_str()?).ok()?["int"].as_i64())
+        .collect()
+}
+
+fn assert_exactly_once_in_order(values: &[i64], count: i64) {
+    let expected: Vec<i64> = (0..count).collect();
+    if values != expected {
+        let dupes = values.len() as i64 - count;
+        let first_bad = values.iter().zip(&expected).position(|(a, b)| a != b);
+        panic!("{} readings logged for {count} sent ({dupes:+}); first difference at {first_bad:?}", values.len());
+    }
+}
+
+#[test]
+fn readings_arrive_in_the_log_in_order_and_are_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cable = Cable::plug(dir.path());
+    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let sim = device(&cable.device_end, &["--count", "2000", "--rate", "0", "--batch", "16", "--baud", "3000000", "--device-id", "dev-a"]);
+    let report = report(sim);
+    assert_eq!(report["readings_acked"], 2000);
+    assert_exactly_once_in_order(&logged_values(dir.path(), "dev-a"), 2000);
+}
+
+#[test]
+fn line_noise_and_lost_bytes_never_append_damage_nor_lose_acknowledged_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cable = Cable::plug(dir.path());
+    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let args = ["--count", "1500", "--rate", "0", "--baud", "3000000", "--noise", "0.05", "--drop", "0.05", "--retransmit-ms", "200", "--device-id", "noisy"];
+    let report = report(device(&cable.device_end, &args));
+    assert!(report["frames_corrupted"].as_u64().unwrap() > 0 && report["bytes_dropped"].as_u64().unwrap() > 0, "{report}");
+    assert_exactly_once_in_order(&logged_values(dir.path(), "noisy"), 1500);
+}
+
+#[test]
+fn after_a_gateway_kill_unacknowledged_readings_are_resent_and_appended_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cable = Cable::plug(dir.path());
+    let gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let sim = device(&cable.device_end, &["--count", "3000", "--rate", "600", "--batch", "4", "--baud", "3000000", "--retransmit-ms", "300", "--device-id", "dev-k"]);
+    wait_for("readings in the log", Duration::from_secs(30), || logged_values(dir.path(), "dev-k").len() >= 600);
+    gateway.kill();
+    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let report = report(sim);
+    assert_eq!(report["readings_acked"], 3000);
+    assert_exactly_once_in_order(&logged_values(dir.path(), "dev-k"), 3000);
+}
+
+#[test]
+fn an_unplugged_port_is_picked_up_again_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let cable = Cable::plug(dir.path());
+    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let sim = device(&cable.device_end, &["--count", "2000", "--rate", "500", "--batch", "4", "--baud", "3000000", "--retransmit-ms", "300", "--device-id", "dev-u"]);
+    wait_for("readings before the unplug", Duration::from_secs(30), || logged_values(dir.path(), "dev-u").len() >= 400);
+    cable.unplug();
+    let before = logged_values(dir.path(), "dev-u").len();
+    let _cable = Cable::plug(dir.path());
+    let report = report(sim);
+    assert!(report["reconnects"].as_u64().unwrap() >= 1, "{report}");
+    let values = logged_values(dir.path(), "dev-u");
+    assert!(values.len() > before, "ingest resumed after the replug");
+    assert_exactly_once_in_order(&values, 2000);
+}
+
+#[test]
+fn a_lines_port_appends_one_record_per_text_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cable = Cable::plug(dir.path());
+    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "lines");
+    let mut tty = std::fs::OpenOptions::new().write(true).open(&cable.device_end).unwrap();
+    tty.write_all(b"$GPGGA,123519,4807.038,N\r\n21.5,48.2\n\n").unwrap();
+    tty.flush().unwrap();
+    let dump = || {
+        let out = Command::new(BIN).args(["log", "dump", "--data-dir"]).arg(dir.path().join("data")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|r| r["payload"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    wait_for("two lines in the log", Duration::from_secs(20), || dump().len() >= 2);
+    assert_eq!(dump(), vec!["$GPGGA,123519,4807.038,N".to_string(), "21.5,48.2".to_string()]);
+}
