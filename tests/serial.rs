@@ -177,8 +177,12 @@ fn after_a_gateway_kill_unacknowledged_readings_are_resent_and_appended_exactly_
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
     let gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
-    let sim = device(&cable.device_end, &["--count", "3000", "--rate", "600", "--batch", "4", "--baud", "3000000", "--retransmit-ms", "300", "--device-id", "dev-k"]);
-    wait_for("readings in the log", Duration::from_secs(30), || logged_values(dir.path(), "dev-k").len() >= 600);
+    // After 400 acknowledged readings the device stops hearing the gateway
+    // for 4 s: its queue fills with batches that are in the log but never
+    // acknowledged, exactly what a kill between fsync and Ack leaves behind.
+    let args = ["--count", "3000", "--rate", "600", "--batch", "4", "--baud", "3000000", "--retransmit-ms", "300", "--device-id", "dev-k", "--deaf-after", "400", "--deaf-ms", "4000"];
+    let sim = device(&cable.device_end, &args);
+    wait_for("unacknowledged batches in the log", Duration::from_secs(30), || logged_values(dir.path(), "dev-k").len() >= 600);
     gateway.kill();
     let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
     let report = report(sim);

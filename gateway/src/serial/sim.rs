@@ -58,6 +58,13 @@ pub struct SimArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
+    /// Once this many readings are acknowledged, ignore everything the
+    /// gateway sends for --deaf-ms (acknowledgements lost on the way back),
+    /// so batches pile up that are in the log but unacknowledged.
+    #[arg(long)]
+    pub deaf_after: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    pub deaf_ms: u64,
     /// Milliseconds without an Ack before the oldest batch is sent again.
     #[arg(long, default_value_t = 1000)]
     pub retransmit_ms: u64,
@@ -103,6 +110,7 @@ struct Device {
     rng: u64,
     /// Readings sent up to and including each batch pushed, in order.
     batch_ends: Vec<u64>,
+    deaf_since: Option<Instant>,
 }
 
 impl Device {
@@ -155,6 +163,15 @@ impl Device {
         Some(frame)
     }
 
+    /// True while the simulated return path is cut (see `--deaf-after`).
+    fn deaf(&mut self, args: &SimArgs) -> bool {
+        let threshold = args.deaf_after.is_some_and(|n| self.report.readings_acked >= n);
+        if threshold && self.deaf_since.is_none() {
+            self.deaf_since = Some(Instant::now());
+        }
+        self.deaf_since.is_some_and(|t| t.elapsed() < Duration::from_millis(args.deaf_ms))
+    }
+
     fn receive(&mut self, bytes: &[u8]) {
         let mut messages = Vec::new();
         self.decoder.push(bytes, |event| {
@@ -190,6 +207,7 @@ async fn simulate(args: &SimArgs) -> anyhow::Result<SimReport> {
         started: Instant::now(),
         rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(epoch),
         batch_ends: Vec::new(),
+        deaf_since: None,
         report: SimReport {
             device_id: args.device_id.clone(),
             boot_epoch: epoch,
@@ -232,6 +250,7 @@ async fn talk(device: &mut Device, port: tokio_serial::SerialStream, args: &SimA
         }
         match tokio::time::timeout(Duration::from_millis(5), reader.read(&mut buf)).await {
             Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(_)) if device.deaf(args) => {}
             Ok(Ok(n)) => device.receive(&buf[..n]),
             Ok(Err(e)) => return Err(e),
             Err(_) => {}
