@@ -19,7 +19,7 @@ use super::codec::{self, qos_of, Incoming, Out, PublishMeta, Reason, Version};
 use super::connect::Session;
 use super::error::{CodecError, ConnError};
 use super::stats::MqttStats;
-use super::writer::{Ack, Entry, Sub};
+use super::writer::{Ack, Entry, Pending, Sub};
 use super::Shared;
 use crate::log::{self, AppendError, AppendTicket, Record};
 
@@ -27,6 +27,11 @@ use crate::log::{self, AppendError, AppendTicket, Record};
 /// (`AppendError::Overloaded`) before it is refused with 0x97.
 const OVERLOAD_WAIT: Duration = Duration::from_secs(5);
 const OVERLOAD_RETRY: Duration = Duration::from_millis(2);
+/// Limits of one batch of publishes appended together.
+const MAX_BATCH_RECORDS: usize = 64;
+const MAX_BATCH_BYTES: usize = 256 << 10;
+/// Spare room kept in the read buffer, so a burst is read in few syscalls.
+const READ_RESERVE: usize = 8 << 10;
 
 /// How the client ended the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +42,19 @@ pub enum Ended {
     Abrupt,
 }
 
+/// Publishes decoded from one read that go to the same partition: appended
+/// together under one ticket, so a burst costs the log one request.
+struct Batch {
+    topic: String,
+    partition: log::Partition,
+    records: Vec<Record>,
+    acks: Vec<Pending>,
+    bytes: usize,
+}
+
 pub struct Reader {
     session: Session,
+    batch: Option<Batch>,
     shared: Arc<Shared>,
     fifo: mpsc::Sender<Entry>,
     /// QoS 2 packet ids appended and not yet released (shared with the writer,
@@ -56,6 +72,7 @@ impl Reader {
     ) -> Reader {
         Reader {
             session,
+            batch: None,
             shared,
             fifo,
             qos2,
@@ -71,11 +88,26 @@ impl Reader {
     ) -> Result<Ended, ConnError> {
         let mut deadline = Instant::now() + self.session.silence_limit;
         loop {
-            while let Some(incoming) = self.decode(buf)? {
+            loop {
+                let decoded =
+                    codec::decode(buf, self.session.version, self.session.max_frame_bytes);
+                let incoming = match decoded {
+                    Ok(Some(incoming)) => incoming,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.flush_batch().await?;
+                        return Err(self.codec_failure(e));
+                    }
+                };
                 deadline = Instant::now() + self.session.silence_limit;
                 if let Some(ended) = self.handle(incoming).await? {
+                    self.flush_batch().await?;
                     return Ok(ended);
                 }
+            }
+            self.flush_batch().await?;
+            if buf.capacity() - buf.len() < READ_RESERVE / 2 {
+                buf.reserve(READ_RESERVE);
             }
             tokio::select! {
                 read = tokio::time::timeout_at(deadline, rd.read_buf(buf)) => match read {
@@ -97,25 +129,28 @@ impl Reader {
         }
     }
 
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, ConnError> {
-        codec::decode(buf, self.session.version, self.session.max_frame_bytes).map_err(|e| {
-            let stats = &self.shared.stats;
-            match &e {
-                CodecError::TooLarge { .. } => {
-                    MqttStats::inc(&stats.refused_too_large);
-                    self.disconnect(DisconnectReasonCode::PacketTooLarge);
-                }
-                _ => {
-                    MqttStats::inc(&stats.malformed_packets);
-                    self.disconnect(DisconnectReasonCode::MalformedPacket);
-                }
+    /// Counts an undecodable frame and queues the matching DISCONNECT.
+    fn codec_failure(&self, e: CodecError) -> ConnError {
+        let stats = &self.shared.stats;
+        match &e {
+            CodecError::TooLarge { .. } => {
+                MqttStats::inc(&stats.refused_too_large);
+                self.disconnect(DisconnectReasonCode::PacketTooLarge);
             }
-            ConnError::Codec(e)
-        })
+            _ => {
+                MqttStats::inc(&stats.malformed_packets);
+                self.disconnect(DisconnectReasonCode::MalformedPacket);
+            }
+        }
+        ConnError::Codec(e)
     }
 
     /// Handles one packet; `Some` when the client disconnected.
     async fn handle(&mut self, incoming: Incoming) -> Result<Option<Ended>, ConnError> {
+        if !matches!(incoming.packet, Packet::Publish(..)) {
+            // Whatever this packet queues must follow the pending acks.
+            self.flush_batch().await?;
+        }
         match incoming.packet {
             Packet::Publish(publish, props) => {
                 let meta = incoming
@@ -154,18 +189,68 @@ impl Reader {
     }
 
     async fn on_publish(
-        &self,
+        &mut self,
         publish: Publish,
         props: Option<PublishProperties>,
         meta: PublishMeta,
     ) -> Result<(), ConnError> {
-        let stats = &self.shared.stats;
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
         MqttStats::inc(&stats.publishes_received);
+        let ack = Ack::for_qos(meta.qos, meta.pkid);
+        let topic = match self.check_publish(&publish).await? {
+            Ok(topic) => topic,
+            Err(reason) => return self.refuse(ack, reason).await,
+        };
+        if meta.qos == 2 && !self.qos2_lock().insert(meta.pkid) {
+            // A re-sent QoS 2 publish already appended: ack again, append never.
+            MqttStats::inc(&stats.qos2_duplicates);
+            self.flush_batch().await?;
+            return self.queue(Entry::Duplicate(meta.pkid)).await;
+        }
+        let dest = shared.router.route(topic, &self.session.client_id);
+        let record = self.record(&publish, props.as_ref(), meta.qos, dest.key);
+        let full = |b: &Batch| {
+            b.topic != dest.topic
+                || b.partition != dest.partition
+                || b.records.len() >= MAX_BATCH_RECORDS
+                || b.bytes >= MAX_BATCH_BYTES
+        };
+        if self.batch.as_ref().is_some_and(full) {
+            self.flush_batch().await?;
+        }
+        let batch = self.batch.get_or_insert_with(|| Batch {
+            topic: dest.topic.to_string(),
+            partition: dest.partition,
+            records: Vec::new(),
+            acks: Vec::new(),
+            bytes: 0,
+        });
+        batch.bytes += record.payload_len();
+        batch.records.push(record);
+        batch.acks.push(Pending {
+            ack,
+            topic: publish.topic.clone(),
+            payload: publish.payload.clone(),
+        });
+        Ok(())
+    }
+
+    /// The publish's topic if it may be appended, or the refusal reason.
+    /// Errors end the connection (after the pending acks).
+    async fn check_publish<'p>(
+        &mut self,
+        publish: &'p Publish,
+    ) -> Result<Result<&'p str, Reason>, ConnError> {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            self.flush_batch().await?;
             return Err(self.protocol("PUBLISH topic is not UTF-8"));
         };
         if topic.is_empty() {
             // Only a topic alias could make an empty topic valid; we allow none.
+            self.flush_batch().await?;
             self.disconnect(DisconnectReasonCode::TopicAliasInvalid);
             return Err(ConnError::Protocol(
                 "empty topic (topic aliases are not supported)".into(),
@@ -173,49 +258,54 @@ impl Reader {
         }
         if publish.retain {
             MqttStats::inc(&stats.refused_retain);
+            self.flush_batch().await?;
             self.disconnect(DisconnectReasonCode::RetainNotSupported);
             return Err(ConnError::Protocol(
                 "retained messages are not supported".into(),
             ));
         }
-        if topic.contains(['+', '#']) {
-            return self.refuse(meta, Reason::TopicNameInvalid).await;
-        }
-        if !self.session.acl.may_publish(topic) {
+        Ok(if topic.contains(['+', '#']) {
+            Err(Reason::TopicNameInvalid)
+        } else if !self.session.acl.may_publish(topic) {
             MqttStats::inc(&stats.refused_not_authorized);
-            return self.refuse(meta, Reason::NotAuthorized).await;
-        }
-        if publish.payload.len() > self.shared.config.max_payload_bytes {
+            Err(Reason::NotAuthorized)
+        } else if publish.payload.len() > shared.config.max_payload_bytes {
             MqttStats::inc(&stats.refused_too_large);
-            return self.refuse(meta, Reason::PacketTooLarge).await;
-        }
-        if meta.qos == 2 && !self.qos2_lock().insert(meta.pkid) {
-            // A re-sent QoS 2 publish already appended: ack again, append never.
-            MqttStats::inc(&stats.qos2_duplicates);
-            return self.queue(Entry::Duplicate(meta.pkid)).await;
-        }
-        let dest = self.shared.router.route(topic, &self.session.client_id);
-        let record = self.record(&publish, props.as_ref(), meta.qos, dest.key);
-        match self.append(dest.topic, dest.partition, record).await {
+            Err(Reason::PacketTooLarge)
+        } else {
+            Ok(topic)
+        })
+    }
+
+    /// Appends the pending batch and queues its acks (or refuses them all).
+    async fn flush_batch(&mut self) -> Result<(), ConnError> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        match self
+            .append(&batch.topic, batch.partition, batch.records)
+            .await
+        {
             Ok(ticket) => {
                 let entry = Entry::Publish {
                     ticket,
-                    ack: Ack::for_qos(meta.qos, meta.pkid),
-                    topic: publish.topic,
-                    payload: publish.payload,
+                    acks: batch.acks,
                 };
                 self.queue(entry).await
             }
             Err(e) => {
-                if meta.qos == 2 {
-                    self.qos2_lock().remove(&meta.pkid);
-                }
-                let reason = super::writer::refusal_reason(&self.shared.stats, &e);
                 tracing::warn!(
                     client_id = self.session.client_id,
                     "mqtt publish refused: {e}"
                 );
-                self.refuse(meta, reason).await
+                for pending in batch.acks {
+                    let reason = super::writer::refusal_reason(&self.shared.stats, &e);
+                    if let Ack::PubRec(pkid) = pending.ack {
+                        self.qos2_lock().remove(&pkid);
+                    }
+                    self.refuse_now(pending.ack, reason).await?;
+                }
+                Ok(())
             }
         }
     }
@@ -253,15 +343,11 @@ impl Reader {
         &self,
         topic: &str,
         partition: log::Partition,
-        record: Record,
+        records: Vec<Record>,
     ) -> Result<AppendTicket, AppendError> {
         let give_up = Instant::now() + OVERLOAD_WAIT;
         loop {
-            match self
-                .shared
-                .log
-                .append(topic, partition, vec![record.clone()])
-            {
+            match self.shared.log.append(topic, partition, records.clone()) {
                 Err(AppendError::Overloaded) if Instant::now() < give_up => {
                     tokio::time::sleep(OVERLOAD_RETRY).await;
                 }
@@ -273,24 +359,24 @@ impl Reader {
     /// Refuses a publish explicitly: a negative ack in MQTT 5 (in order with
     /// the other acks), a DISCONNECT where MQTT 5 has no ack for it, and a
     /// closed connection in MQTT 3.1.1, which has no negative ack at all.
-    async fn refuse(&self, meta: PublishMeta, reason: Reason) -> Result<(), ConnError> {
+    async fn refuse(&mut self, ack: Ack, reason: Reason) -> Result<(), ConnError> {
+        self.flush_batch().await?;
+        self.refuse_now(ack, reason).await
+    }
+
+    /// `refuse` without flushing the batch first (used by the flush itself).
+    async fn refuse_now(&self, ack: Ack, reason: Reason) -> Result<(), ConnError> {
         let why = format!("{reason:?}");
         if self.session.version == Version::V4 {
             return Err(ConnError::RefusedV4(why));
         }
-        match (meta.qos, reason) {
-            (_, Reason::PacketTooLarge) | (0, _) => {
+        match (ack, reason) {
+            (_, Reason::PacketTooLarge) | (Ack::None, _) => {
                 self.disconnect(disconnect_reason(reason));
                 Err(ConnError::Protocol(format!("publish refused: {why}")))
             }
-            (1, _) => {
-                self.queue(Entry::Send(Out::PubAck(meta.pkid, reason)))
-                    .await
-            }
-            _ => {
-                self.queue(Entry::Send(Out::PubRec(meta.pkid, reason)))
-                    .await
-            }
+            (Ack::PubAck(pkid), _) => self.queue(Entry::Send(Out::PubAck(pkid, reason))).await,
+            (Ack::PubRec(pkid), _) => self.queue(Entry::Send(Out::PubRec(pkid, reason))).await,
         }
     }
 

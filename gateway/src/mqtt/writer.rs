@@ -24,12 +24,10 @@ use crate::log::{AppendError, AppendTicket, Appended};
 
 /// What the reader hands the writer, in arrival order.
 pub enum Entry {
-    /// An appended publish: ack it once the ticket resolves.
+    /// Appended publishes (one batch): ack each once the ticket resolves.
     Publish {
         ticket: AppendTicket,
-        ack: Ack,
-        topic: Bytes,
-        payload: Bytes,
+        acks: Vec<Pending>,
     },
     /// A re-sent QoS 2 publish already appended: PUBREC again.
     Duplicate(u16),
@@ -39,6 +37,14 @@ pub enum Entry {
     Unsubscribe(Vec<String>, Out),
     /// The client acknowledged our QoS 1 delivery with this packet id.
     Delivered(u16),
+}
+
+/// One appended publish waiting for its ack; topic and payload go to live
+/// subscribers once durable (they share the record's memory).
+pub struct Pending {
+    pub ack: Ack,
+    pub topic: Bytes,
+    pub payload: Bytes,
 }
 
 /// The acknowledgement a publish gets.
@@ -156,14 +162,12 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
 
     async fn handle(&mut self, entry: Entry) -> Result<(), ConnError> {
         match entry {
-            Entry::Publish {
-                ticket,
-                ack,
-                topic,
-                payload,
-            } => {
+            Entry::Publish { ticket, acks } => {
                 let result = self.durable(ticket).await?;
-                self.acknowledge(ack, result, topic, payload)
+                for p in acks {
+                    self.acknowledge(p.ack, result.clone(), p.topic, p.payload)?;
+                }
+                Ok(())
             }
             Entry::Duplicate(pkid) => {
                 let pending = self.qos2_lock().contains(&pkid);
