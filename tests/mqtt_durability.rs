@@ -325,3 +325,68 @@ fn check(records: &[serde_json::Value], acked: &BTreeMap<String, BTreeSet<usize>
         acked.values().map(BTreeSet::len).sum::<usize>()
     );
 }
+
+fn qos2_publish(topic: &str, pkid: u16, payload: &[u8], dup: bool) -> Vec<u8> {
+    let mut frame = vec![if dup { 0x3C } else { 0x34 }];
+    frame.push((2 + topic.len() + 2 + payload.len()) as u8);
+    frame.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    frame.extend_from_slice(topic.as_bytes());
+    frame.extend_from_slice(&pkid.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn expect(s: &mut std::net::TcpStream, wanted: [u8; 4]) {
+    use std::io::Read;
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, wanted);
+}
+
+/// A QoS 2 PUBLISH re-sent (DUP) before its PUBREL gets its PUBREC again
+/// but is appended once; after PUBREL the packet id is free for a new message.
+#[test]
+fn a_resent_qos2_publish_is_appended_once() {
+    use std::io::Write;
+    let dir = support::temp_dir();
+    let gateway = Gateway::start(dir.path(), &config(dir.path()));
+    let mut s = std::net::TcpStream::connect(gateway.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let id = b"q2dev";
+    let mut connect = vec![
+        0x10,
+        12 + id.len() as u8,
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        2,
+        0,
+        30,
+    ];
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(id);
+    s.write_all(&connect).unwrap();
+    expect(&mut s, [0x20, 2, 0, 0]);
+    let topic = "devices/q2dev/telemetry";
+    s.write_all(&qos2_publish(topic, 5, b"7", false)).unwrap();
+    expect(&mut s, [0x50, 2, 0, 5]);
+    s.write_all(&qos2_publish(topic, 5, b"7", true)).unwrap();
+    expect(&mut s, [0x50, 2, 0, 5]);
+    s.write_all(&[0x62, 2, 0, 5]).unwrap();
+    expect(&mut s, [0x70, 2, 0, 5]);
+    s.write_all(&qos2_publish(topic, 5, b"8", false)).unwrap();
+    expect(&mut s, [0x50, 2, 0, 5]);
+    s.write_all(&[0x62, 2, 0, 5, 0xE0, 0]).unwrap();
+    expect(&mut s, [0x70, 2, 0, 5]);
+    gateway.stop();
+    let payloads: Vec<_> = dump(&support::data_dir(dir.path()))
+        .iter()
+        .filter(|r| header(r, "mqtt.client_id") == Some("q2dev"))
+        .map(|r| r["payload"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(payloads, ["7", "8"]);
+}
