@@ -45,7 +45,7 @@ key = "segment:1"
 }
 
 fn qos_of(client: usize) -> QoS {
-    if client % 2 == 0 {
+    if client.is_multiple_of(2) {
         QoS::AtLeastOnce
     } else {
         QoS::ExactlyOnce

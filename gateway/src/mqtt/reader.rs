@@ -19,7 +19,7 @@ use super::codec::{self, qos_of, Incoming, Out, PublishMeta, Reason, Version};
 use super::connect::Session;
 use super::error::{CodecError, ConnError};
 use super::stats::MqttStats;
-use super::writer::{Ack, Entry, Pending, Sub};
+use super::writer::{Answer, Entry, Pending, Sub};
 use super::Shared;
 use crate::log::{self, AppendError, AppendTicket, Record};
 
@@ -197,7 +197,7 @@ impl Reader {
         let shared = self.shared.clone();
         let stats = &shared.stats;
         MqttStats::inc(&stats.publishes_received);
-        let ack = Ack::for_qos(meta.qos, meta.pkid);
+        let ack = Answer::for_qos(meta.qos, meta.pkid);
         let topic = match self.check_publish(&publish).await? {
             Ok(topic) => topic,
             Err(reason) => return self.refuse(ack, reason).await,
@@ -300,7 +300,7 @@ impl Reader {
                 );
                 for pending in batch.acks {
                     let reason = super::writer::refusal_reason(&self.shared.stats, &e);
-                    if let Ack::PubRec(pkid) = pending.ack {
+                    if let Answer::PubRec(pkid) = pending.ack {
                         self.qos2_lock().remove(&pkid);
                     }
                     self.refuse_now(pending.ack, reason).await?;
@@ -359,24 +359,24 @@ impl Reader {
     /// Refuses a publish explicitly: a negative ack in MQTT 5 (in order with
     /// the other acks), a DISCONNECT where MQTT 5 has no ack for it, and a
     /// closed connection in MQTT 3.1.1, which has no negative ack at all.
-    async fn refuse(&mut self, ack: Ack, reason: Reason) -> Result<(), ConnError> {
+    async fn refuse(&mut self, ack: Answer, reason: Reason) -> Result<(), ConnError> {
         self.flush_batch().await?;
         self.refuse_now(ack, reason).await
     }
 
     /// `refuse` without flushing the batch first (used by the flush itself).
-    async fn refuse_now(&self, ack: Ack, reason: Reason) -> Result<(), ConnError> {
+    async fn refuse_now(&self, ack: Answer, reason: Reason) -> Result<(), ConnError> {
         let why = format!("{reason:?}");
         if self.session.version == Version::V4 {
             return Err(ConnError::RefusedV4(why));
         }
         match (ack, reason) {
-            (_, Reason::PacketTooLarge) | (Ack::None, _) => {
+            (_, Reason::PacketTooLarge) | (Answer::None, _) => {
                 self.disconnect(disconnect_reason(reason));
                 Err(ConnError::Protocol(format!("publish refused: {why}")))
             }
-            (Ack::PubAck(pkid), _) => self.queue(Entry::Send(Out::PubAck(pkid, reason))).await,
-            (Ack::PubRec(pkid), _) => self.queue(Entry::Send(Out::PubRec(pkid, reason))).await,
+            (Answer::PubAck(pkid), _) => self.queue(Entry::Send(Out::PubAck(pkid, reason))).await,
+            (Answer::PubRec(pkid), _) => self.queue(Entry::Send(Out::PubRec(pkid, reason))).await,
         }
     }
 

@@ -42,33 +42,33 @@ pub enum Entry {
 /// One appended publish waiting for its ack; topic and payload go to live
 /// subscribers once durable (they share the record's memory).
 pub struct Pending {
-    pub ack: Ack,
+    pub ack: Answer,
     pub topic: Bytes,
     pub payload: Bytes,
 }
 
-/// The acknowledgement a publish gets.
+/// The acknowledgement a publish gets (by QoS: none, PUBACK, PUBREC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ack {
+pub enum Answer {
     None,
     PubAck(u16),
     PubRec(u16),
 }
 
-impl Ack {
-    pub fn for_qos(qos: u8, pkid: u16) -> Ack {
+impl Answer {
+    pub fn for_qos(qos: u8, pkid: u16) -> Answer {
         match qos {
-            0 => Ack::None,
-            1 => Ack::PubAck(pkid),
-            _ => Ack::PubRec(pkid),
+            0 => Answer::None,
+            1 => Answer::PubAck(pkid),
+            _ => Answer::PubRec(pkid),
         }
     }
 
     fn qos(self) -> u8 {
         match self {
-            Ack::None => 0,
-            Ack::PubAck(_) => 1,
-            Ack::PubRec(_) => 2,
+            Answer::None => 0,
+            Answer::PubAck(_) => 1,
+            Answer::PubRec(_) => 2,
         }
     }
 }
@@ -225,7 +225,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
 
     fn acknowledge(
         &mut self,
-        ack: Ack,
+        ack: Answer,
         result: Result<Appended, AppendError>,
         topic: Bytes,
         payload: Bytes,
@@ -254,22 +254,22 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             return self.refuse(ack, reason);
         }
         match ack {
-            Ack::None => Ok(()),
-            Ack::PubAck(pkid) => self.encode(Out::PubAck(pkid, reason)),
-            Ack::PubRec(pkid) => self.encode(Out::PubRec(pkid, reason)),
+            Answer::None => Ok(()),
+            Answer::PubAck(pkid) => self.encode(Out::PubAck(pkid, reason)),
+            Answer::PubRec(pkid) => self.encode(Out::PubRec(pkid, reason)),
         }
     }
 
     /// A failed append: a negative ack (MQTT 5) or the end of the connection.
-    fn refuse(&mut self, ack: Ack, reason: Reason) -> Result<(), ConnError> {
+    fn refuse(&mut self, ack: Answer, reason: Reason) -> Result<(), ConnError> {
         if self.version == Version::V4 {
             return Err(ConnError::RefusedV4(format!("{reason:?}")));
         }
         match ack {
-            Ack::PubAck(pkid) if reason != Reason::PacketTooLarge => {
+            Answer::PubAck(pkid) if reason != Reason::PacketTooLarge => {
                 self.encode(Out::PubAck(pkid, reason))
             }
-            Ack::PubRec(pkid) if reason != Reason::PacketTooLarge => {
+            Answer::PubRec(pkid) if reason != Reason::PacketTooLarge => {
                 self.qos2_lock().remove(&pkid);
                 self.encode(Out::PubRec(pkid, reason))
             }
