@@ -90,6 +90,8 @@ struct DumpArgs {
 enum BenchCommand {
     /// Durable appends from concurrent producers, against SQLite and the raw fdatasync rate.
     Log(crate::bench::log::BenchArgs),
+    /// Readings/s from the device simulator through a pty pair to the gateway, vs the line rate.
+    Serial(crate::bench::serial::SerialBenchArgs),
     /// Time to open a large log: after a clean stop, and after a crash with a torn tail.
     Open(crate::bench::open::OpenArgs),
     /// MQTT load (N clients x M messages): Tidewell (fsync always) against Mosquitto, or any broker.
@@ -124,6 +126,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Log(LogCommand::Verify { data_dir, json }) => verify(&data_dir, json),
         Command::Log(LogCommand::Dump(args)) => dump(&args),
         Command::Sim(SimCommand::Serial(args)) => crate::serial::sim::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Serial(args)) => {
+            crate::bench::serial::run(&args).map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Open(args)) => {
             crate::bench::open::run(&args).map(|()| ExitCode::SUCCESS)
         }

@@ -3,5 +3,6 @@
 
 pub mod log;
 pub mod open;
+pub mod serial;
 #[cfg(feature = "bench-mqtt")]
 pub mod mqtt;

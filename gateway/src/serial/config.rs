@@ -69,14 +69,20 @@ impl SerialConfig {
                 return Err((key("baud"), "must be positive".into()));
             }
             if !topics.contains(&port.topic.as_str()) {
-                return Err((key("topic"), format!("no topic {:?} is configured under [topics]", port.topic)));
+                return Err((
+                    key("topic"),
+                    format!("no topic {:?} is configured under [topics]", port.topic),
+                ));
             }
             if port.max_line_bytes == 0 {
                 return Err((key("max_line_bytes"), "must be positive".into()));
             }
             let duplicate = self.ports[..i].iter().any(|p| p.path == port.path);
             if duplicate {
-                return Err((key("path"), format!("{} is configured twice", port.path.display())));
+                return Err((
+                    key("path"),
+                    format!("{} is configured twice", port.path.display()),
+                ));
             }
         }
         Ok(())

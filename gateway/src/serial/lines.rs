@@ -15,7 +15,10 @@ use super::records::H_PORT;
 use super::{AbortOnDrop, PortCtx};
 use crate::log::{now_ms, AppendTicket, Partition, Record};
 
-pub async fn run<S: AsyncRead + Send + 'static>(stream: S, ctx: Arc<PortCtx>) -> std::io::Result<()> {
+pub async fn run<S: AsyncRead + Send + 'static>(
+    stream: S,
+    ctx: Arc<PortCtx>,
+) -> std::io::Result<()> {
     let mut reader = Box::pin(stream);
     let (tx, rx) = mpsc::channel::<AppendTicket>(256);
     let waiter = tokio::spawn(await_appends(rx, ctx.clone()));
@@ -25,12 +28,17 @@ pub async fn run<S: AsyncRead + Send + 'static>(stream: S, ctx: Arc<PortCtx>) ->
     loop {
         let n = reader.read(&mut buf).await?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the port closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the port closed",
+            ));
         }
         for line in splitter.push(&buf[..n]) {
             append_line(&ctx, line, &tx).await;
         }
-        ctx.stats.long_lines.fetch_add(splitter.take_dropped(), Ordering::Relaxed);
+        ctx.stats
+            .long_lines
+            .fetch_add(splitter.take_dropped(), Ordering::Relaxed);
     }
 }
 
@@ -80,7 +88,12 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max: usize) -> LineSplitter {
-        LineSplitter { max, current: Vec::new(), skipping: false, dropped: 0 }
+        LineSplitter {
+            max,
+            current: Vec::new(),
+            skipping: false,
+            dropped: 0,
+        }
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -133,7 +146,11 @@ mod tests {
         let mut s = LineSplitter::new(4);
         assert_eq!(s.push(b"123456789\nok\n"), vec![b"ok".to_vec()]);
         assert_eq!(s.take_dropped(), 1);
-        assert_eq!(s.push(b"1234\n"), vec![b"1234".to_vec()], "exactly the limit is fine");
+        assert_eq!(
+            s.push(b"1234\n"),
+            vec![b"1234".to_vec()],
+            "exactly the limit is fine"
+        );
     }
 
     proptest! {

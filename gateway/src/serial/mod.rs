@@ -62,7 +62,12 @@ pub struct SerialHandle {
 /// Starts one task per configured port. Must run inside a tokio runtime.
 pub fn start(config: &SerialConfig, log: Arc<Log>) -> SerialHandle {
     let stats = Arc::new(SerialStats::default());
-    let topics: Vec<String> = config.ports.iter().filter(|p| p.format == Format::Frames).map(|p| p.topic.clone()).collect();
+    let topics: Vec<String> = config
+        .ports
+        .iter()
+        .filter(|p| p.format == Format::Frames)
+        .map(|p| p.topic.clone())
+        .collect();
     let delivered = Arc::new(if topics.is_empty() {
         Delivered::default()
     } else {
@@ -73,18 +78,27 @@ pub fn start(config: &SerialConfig, log: Arc<Log>) -> SerialHandle {
         let ctx = PortCtx {
             config: port.clone(),
             name: port_name(&port.path),
-            partitions: log.topic(&port.topic).map_or(1, |t| t.partitions.len() as u32).max(1),
+            partitions: log
+                .topic(&port.topic)
+                .map_or(1, |t| t.partitions.len() as u32)
+                .max(1),
             log: log.clone(),
             delivered: delivered.clone(),
             stats: stats.clone(),
         };
         tasks.push(tokio::spawn(port::run(Arc::new(ctx))).abort_handle());
     }
-    SerialHandle { stats, _tasks: AbortOnDrop(tasks) }
+    SerialHandle {
+        stats,
+        _tasks: AbortOnDrop(tasks),
+    }
 }
 
 fn port_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// Aborts tasks when dropped, so a port's helpers end with its connection.

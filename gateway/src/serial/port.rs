@@ -26,7 +26,9 @@ pub async fn run(ctx: Arc<PortCtx>) {
                 };
                 ctx.stats.ports_open.fetch_sub(1, Ordering::Relaxed);
                 ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                let why = result.err().map_or_else(|| "closed".to_string(), |e| e.to_string());
+                let why = result
+                    .err()
+                    .map_or_else(|| "closed".to_string(), |e| e.to_string());
                 tracing::warn!(port = %ctx.name, "serial port lost ({why}); waiting for it to come back");
                 delay = FIRST_RETRY;
                 reported_missing = true;

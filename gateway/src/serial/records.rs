@@ -45,7 +45,13 @@ impl DeviceClock {
 }
 
 /// One record per reading of `batch`.
-pub fn to_records(device: &str, port: &str, batch: &Readings, clock: DeviceClock, arrival_ms: i64) -> Vec<Record> {
+pub fn to_records(
+    device: &str,
+    port: &str,
+    batch: &Readings,
+    clock: DeviceClock,
+    arrival_ms: i64,
+) -> Vec<Record> {
     let newest = batch
         .readings
         .iter()
@@ -65,7 +71,10 @@ pub fn to_records(device: &str, port: &str, batch: &Readings, clock: DeviceClock
             match &reading.value {
                 Value::Int(v) => value["int"] = json!(v),
                 Value::Float(v) => value["float"] = json!(v),
-                Value::Bytes(b) => value["bytes_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(b)),
+                Value::Bytes(b) => {
+                    value["bytes_base64"] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(b))
+                }
             }
             let timestamp_ms = match reading.time {
                 DeviceTime::WallMs(ms) => ms,
@@ -101,7 +110,8 @@ pub struct Delivered {
 impl Delivered {
     pub fn contains(&self, device: &str, epoch: u32, seq: u32) -> bool {
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(device).is_some_and(|&(e, s)| e == epoch && seq <= s)
+        map.get(device)
+            .is_some_and(|&(e, s)| e == epoch && seq <= s)
     }
 
     pub fn note(&self, device: &str, epoch: u32, seq: u32) {
@@ -127,7 +137,9 @@ impl Delivered {
     }
 
     fn scan_partition(&self, log: &Log, topic: &str, partition: Partition, tail_records: u64) {
-        let Some((start, end)) = log.offsets(topic, partition) else { return };
+        let Some((start, end)) = log.offsets(topic, partition) else {
+            return;
+        };
         let mut next = Offset(end.0.saturating_sub(tail_records).max(start.0));
         while next < end {
             let Ok(records) = log.read(topic, partition, next, 1 << 20) else {
@@ -146,7 +158,13 @@ impl Delivered {
 }
 
 fn batch_identity(record: &Record) -> Option<(String, u32, u32)> {
-    let header = |name: &str| record.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let header = |name: &str| {
+        record
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
     let device = String::from_utf8(header(H_DEVICE)?.to_vec()).ok()?;
     let epoch = std::str::from_utf8(&header(H_EPOCH)?).ok()?.parse().ok()?;
     let seq = std::str::from_utf8(&header(H_SEQ)?).ok()?.parse().ok()?;
@@ -159,22 +177,46 @@ mod tests {
     use firmware_proto::Reading;
 
     fn batch(epoch: u32, seq: u32) -> Readings {
-        let mut readings = heapless::Vec::new();
-        let _ = readings.push(Reading { channel: 1, value: Value::Float(21.5), time: DeviceTime::MonotonicMs(900) });
-        let _ = readings.push(Reading { channel: 2, value: Value::Int(-3), time: DeviceTime::MonotonicMs(1000) });
-        Readings { boot_epoch: epoch, seq, readings }
+        let mut readings = firmware_proto::heapless::Vec::new();
+        let _ = readings.push(Reading {
+            channel: 1,
+            value: Value::Float(21.5),
+            time: DeviceTime::MonotonicMs(900),
+        });
+        let _ = readings.push(Reading {
+            channel: 2,
+            value: Value::Int(-3),
+            time: DeviceTime::MonotonicMs(1000),
+        });
+        Readings {
+            boot_epoch: epoch,
+            seq,
+            readings,
+        }
     }
 
     #[test]
     fn readings_become_keyed_records_with_their_batch_identity() {
-        let records = to_records("dev-1", "ttyS0", &batch(4, 9), DeviceClock::default(), 50_000);
+        let records = to_records(
+            "dev-1",
+            "ttyS0",
+            &batch(4, 9),
+            DeviceClock::default(),
+            50_000,
+        );
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].key.as_deref(), Some(&b"dev-1"[..]));
         assert_eq!(batch_identity(&records[1]), Some(("dev-1".into(), 4, 9)));
-        assert_eq!(records[1].timestamp_ms, 50_000, "the newest reading is placed at arrival");
+        assert_eq!(
+            records[1].timestamp_ms, 50_000,
+            "the newest reading is placed at arrival"
+        );
         assert_eq!(records[0].timestamp_ms, 49_900);
         let value: serde_json::Value = serde_json::from_slice(&records[0].value).unwrap();
-        assert_eq!(value, json!({"channel": 1, "float": 21.5, "device_monotonic_ms": 900}));
+        assert_eq!(
+            value,
+            json!({"channel": 1, "float": 21.5, "device_monotonic_ms": 900})
+        );
     }
 
     #[test]
@@ -190,8 +232,15 @@ mod tests {
         let delivered = Delivered::default();
         delivered.note("a", 1, 5);
         assert!(delivered.contains("a", 1, 5) && delivered.contains("a", 1, 0));
-        assert!(!delivered.contains("a", 1, 6) && !delivered.contains("a", 2, 0) && !delivered.contains("b", 1, 0));
+        assert!(
+            !delivered.contains("a", 1, 6)
+                && !delivered.contains("a", 2, 0)
+                && !delivered.contains("b", 1, 0)
+        );
         delivered.note("a", 2, 0);
-        assert!(!delivered.contains("a", 1, 5), "a new epoch replaces the old one");
+        assert!(
+            !delivered.contains("a", 1, 5),
+            "a new epoch replaces the old one"
+        );
     }
 }

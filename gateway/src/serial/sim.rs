@@ -14,12 +14,16 @@ use anyhow::Context;
 use clap::Args;
 use firmware_proto::heapless::{String as HString, Vec as HVec};
 use firmware_proto::{
-    encode_frame, Capabilities, DeviceConfig, DeviceSession, FirmwareVersion, FrameDecoder, Reading, Value,
-    MAX_FRAME_LEN, MAX_READINGS,
+    encode_frame, Capabilities, DeviceConfig, DeviceSession, FirmwareVersion, FrameDecoder,
+    Reading, Value, MAX_FRAME_LEN, MAX_READINGS,
 };
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::SerialPortBuilderExt;
+
+/// How far the pacing may fall behind the line before it forgets the debt:
+/// more than the timer's granularity, so sleeps that overshoot are made up.
+const PACING_SLACK: Duration = Duration::from_millis(3);
 
 /// Unacknowledged batches the simulated device can hold.
 const QUEUE: usize = 64;
@@ -65,6 +69,10 @@ pub struct SimArgs {
     pub deaf_after: Option<u64>,
     #[arg(long, default_value_t = 0)]
     pub deaf_ms: u64,
+    /// Send float readings (8-byte values, about 16 bytes a reading on the
+    /// wire) instead of integers; the values then carry no reading number.
+    #[arg(long)]
+    pub float_values: bool,
     /// Milliseconds without an Ack before the oldest batch is sent again.
     #[arg(long, default_value_t = 1000)]
     pub retransmit_ms: u64,
@@ -77,6 +85,7 @@ pub struct SimReport {
     pub readings_sent: u64,
     pub readings_acked: u64,
     pub frames_sent: u64,
+    pub bytes_sent: u64,
     pub frames_corrupted: u64,
     pub bytes_dropped: u64,
     pub reconnects: u64,
@@ -85,20 +94,32 @@ pub struct SimReport {
 }
 
 pub fn run(args: &SimArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(simulate(args))?;
     println!("{}", serde_json::to_string(&report)?);
     if !report.complete {
-        anyhow::bail!("timed out with {} of {} readings acknowledged", report.readings_acked, args.count);
+        anyhow::bail!(
+            "timed out with {} of {} readings acknowledged",
+            report.readings_acked,
+            args.count
+        );
     }
     Ok(())
 }
 
 fn boot_epoch(args: &SimArgs) -> anyhow::Result<u32> {
-    let Some(path) = &args.state_file else { return Ok(args.boot_epoch) };
-    let previous: u32 = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let Some(path) = &args.state_file else {
+        return Ok(args.boot_epoch);
+    };
+    let previous: u32 = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
     let epoch = previous + 1;
-    std::fs::write(path, epoch.to_string()).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(path, epoch.to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(epoch)
 }
 
@@ -127,13 +148,27 @@ impl Device {
 
     /// Queues the next batch if the pace and the queue allow.
     fn produce(&mut self, args: &SimArgs) {
-        let due = if args.rate > 0.0 { (self.started.elapsed().as_secs_f64() * args.rate) as u64 } else { u64::MAX };
+        let due = if args.rate > 0.0 {
+            (self.started.elapsed().as_secs_f64() * args.rate) as u64
+        } else {
+            u64::MAX
+        };
         while self.report.readings_sent < args.count.min(due) && self.session.free_slots() > 0 {
-            let n = (args.count - self.report.readings_sent).min(args.batch.clamp(1, MAX_READINGS) as u64);
+            let n = (args.count - self.report.readings_sent)
+                .min(args.batch.clamp(1, MAX_READINGS) as u64);
             let mut readings: HVec<Reading, MAX_READINGS> = HVec::new();
             for i in 0..n {
                 let number = self.report.readings_sent + i;
-                let reading = Reading { channel: (number % 4) as u16, value: Value::Int(number as i64), time: self.session.device_time(self.now_ms()) };
+                let value = if args.float_values {
+                    Value::Float(20.0 + (number % 1000) as f64 / 7.0)
+                } else {
+                    Value::Int(number as i64)
+                };
+                let reading = Reading {
+                    channel: (number % 4) as u16,
+                    value,
+                    time: self.session.device_time(self.now_ms()),
+                };
                 let _ = readings.push(reading);
             }
             if self.session.push_readings(readings).is_err() {
@@ -165,11 +200,14 @@ impl Device {
 
     /// True while the simulated return path is cut (see `--deaf-after`).
     fn deaf(&mut self, args: &SimArgs) -> bool {
-        let threshold = args.deaf_after.is_some_and(|n| self.report.readings_acked >= n);
+        let threshold = args
+            .deaf_after
+            .is_some_and(|n| self.report.readings_acked >= n);
         if threshold && self.deaf_since.is_none() {
             self.deaf_since = Some(Instant::now());
         }
-        self.deaf_since.is_some_and(|t| t.elapsed() < Duration::from_millis(args.deaf_ms))
+        self.deaf_since
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(args.deaf_ms))
     }
 
     fn receive(&mut self, bytes: &[u8]) {
@@ -188,7 +226,9 @@ impl Device {
     /// Readings in the batches no longer queued (acknowledged).
     fn acked_readings(&self) -> u64 {
         let acked_batches = self.batch_ends.len() - self.session.unacked_len();
-        acked_batches.checked_sub(1).map_or(0, |i| self.batch_ends[i])
+        acked_batches
+            .checked_sub(1)
+            .map_or(0, |i| self.batch_ends[i])
     }
 
     fn done(&self, args: &SimArgs) -> bool {
@@ -198,8 +238,18 @@ impl Device {
 
 async fn simulate(args: &SimArgs) -> anyhow::Result<SimReport> {
     let epoch = boot_epoch(args)?;
-    let id: HString<32> = HString::try_from(args.device_id.as_str()).map_err(|_| anyhow::anyhow!("--device-id is longer than 32 bytes"))?;
-    let mut config = DeviceConfig::new(id, FirmwareVersion { major: 1, minor: 0, patch: 0 }, epoch, Capabilities::NONE);
+    let id: HString<32> = HString::try_from(args.device_id.as_str())
+        .map_err(|_| anyhow::anyhow!("--device-id is longer than 32 bytes"))?;
+    let mut config = DeviceConfig::new(
+        id,
+        FirmwareVersion {
+            major: 1,
+            minor: 0,
+            patch: 0,
+        },
+        epoch,
+        Capabilities::NONE,
+    );
     config.retransmit_after_ms = args.retransmit_ms;
     let mut device = Device {
         session: DeviceSession::new(config),
@@ -214,6 +264,7 @@ async fn simulate(args: &SimArgs) -> anyhow::Result<SimReport> {
             readings_sent: 0,
             readings_acked: 0,
             frames_sent: 0,
+            bytes_sent: 0,
             frames_corrupted: 0,
             bytes_dropped: 0,
             reconnects: 0,
@@ -223,7 +274,9 @@ async fn simulate(args: &SimArgs) -> anyhow::Result<SimReport> {
     };
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     while Instant::now() < deadline && !device.done(args) {
-        let Ok(port) = tokio_serial::new(args.port.to_string_lossy(), args.baud).open_native_async() else {
+        let Ok(port) =
+            tokio_serial::new(args.port.to_string_lossy(), args.baud).open_native_async()
+        else {
             tokio::time::sleep(Duration::from_millis(50)).await; // the port is not there (yet)
             continue;
         };
@@ -238,17 +291,39 @@ async fn simulate(args: &SimArgs) -> anyhow::Result<SimReport> {
 }
 
 /// Talks on an open port until done, the deadline, or a port error.
-async fn talk(device: &mut Device, port: tokio_serial::SerialStream, args: &SimArgs, deadline: Instant) -> std::io::Result<()> {
+async fn talk(
+    device: &mut Device,
+    port: tokio_serial::SerialStream,
+    args: &SimArgs,
+    deadline: Instant,
+) -> std::io::Result<()> {
     let (mut reader, mut writer) = tokio::io::split(port);
     let mut buf = [0u8; 1024];
     let byte_time = Duration::from_secs_f64(10.0 / f64::from(args.baud.max(1)));
+    // When the simulated line has sent everything written so far: frames go
+    // out no faster than the baud rate, on average, whatever the timer granularity.
+    let mut line_free_at = Instant::now();
     while Instant::now() < deadline && !device.done(args) {
         device.produce(args);
-        while let Some(frame) = device.next_frame(args) {
-            writer.write_all(&frame).await?;
-            tokio::time::sleep(byte_time * frame.len() as u32).await; // the line's own pace
-        }
-        match tokio::time::timeout(Duration::from_millis(5), reader.read(&mut buf)).await {
+        // One frame per turn, then whatever the gateway sent: a device that
+        // only talks would never see its acknowledgements.
+        let listen = match device.next_frame(args) {
+            Some(frame) => {
+                tokio::time::sleep_until(line_free_at.into()).await;
+                // A line that takes nothing for a second is as good as unplugged.
+                tokio::time::timeout(Duration::from_secs(1), writer.write_all(&frame))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "the line is stuck")
+                    })??;
+                device.report.bytes_sent += frame.len() as u64;
+                line_free_at = line_free_at.max(Instant::now() - PACING_SLACK)
+                    + byte_time * frame.len() as u32;
+                Duration::ZERO
+            }
+            None => Duration::from_millis(5),
+        };
+        match tokio::time::timeout(listen, reader.read(&mut buf)).await {
             Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             Ok(Ok(_)) if device.deaf(args) => {}
             Ok(Ok(n)) => device.receive(&buf[..n]),

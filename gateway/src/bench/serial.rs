@@ -1,0 +1,166 @@
+//! `tidewell bench serial`: readings per second through a pseudo-terminal
+//! pair (socat) from the device simulator to a real gateway process, at
+//! simulated line rates, against the line's theoretical maximum of
+//! `baud / 10 / 16` sixteen-byte readings a second; and the gateway's CPU.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+#[derive(Args, Debug, Clone)]
+pub struct SerialBenchArgs {
+    /// Directory to run in; a fresh subdirectory is used and removed.
+    #[arg(long, default_value = "tidewell-bench")]
+    pub dir: PathBuf,
+    /// Line rates to measure, in baud.
+    #[arg(long, value_delimiter = ',', default_value = "115200,3000000")]
+    pub bauds: Vec<u32>,
+    /// Seconds of traffic per line rate.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+/// Bytes of one reading in the target's definition of the line maximum.
+const READING_BYTES: f64 = 16.0;
+
+pub fn run(args: &SerialBenchArgs) -> anyhow::Result<()> {
+    let root = args.dir.join(format!("serial-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let result = args
+        .bauds
+        .iter()
+        .try_for_each(|&baud| measure(&root.join(baud.to_string()), baud, args.seconds));
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn measure(dir: &Path, baud: u32, seconds: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let (gw_end, dev_end) = (dir.join("ttyGW"), dir.join("ttyDEV"));
+    let _socat = KillOnDrop(
+        Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", gw_end.display()))
+            .arg(format!("pty,raw,echo=0,link={}", dev_end.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting socat (apt-get install socat)")?,
+    );
+    wait_until(Duration::from_secs(10), || {
+        gw_end.exists() && dev_end.exists()
+    })?;
+    let gateway = KillOnDrop(start_gateway(dir, &gw_end)?);
+    let line_max = f64::from(baud) / 10.0 / READING_BYTES;
+    let count = (line_max * seconds as f64) as u64;
+    let cpu_before = cpu_seconds(gateway.0.id())?;
+    let out = Command::new(std::env::current_exe()?)
+        .args(["sim", "serial", "--port"])
+        .arg(&dev_end)
+        .args([
+            "--rate",
+            "0",
+            "--batch",
+            "16",
+            "--float-values",
+            "--device-id",
+            "bench",
+        ])
+        .args([
+            "--count",
+            &count.to_string(),
+            "--baud",
+            &baud.to_string(),
+            "--timeout-s",
+            &(seconds * 3 + 10).to_string(),
+        ])
+        .output()?;
+    let cpu = cpu_seconds(gateway.0.id())? - cpu_before;
+    if !out.status.success() {
+        bail!("simulator failed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let elapsed = report["elapsed_s"].as_f64().unwrap_or(f64::NAN);
+    let acked = report["readings_acked"].as_f64().unwrap_or(0.0);
+    let wire = report["bytes_sent"].as_f64().unwrap_or(0.0) / acked.max(1.0);
+    let line_use = report["bytes_sent"].as_f64().unwrap_or(0.0) * 10.0 / f64::from(baud) / elapsed;
+    println!(
+        "bench serial {baud} baud: {:.0} readings/s acknowledged of {:.0} sixteen-byte readings/s line maximum ({:.1}%); {:.1} bytes/reading on the wire, line {:.1}% busy; gateway CPU {:.2}% of one core",
+        acked / elapsed,
+        line_max,
+        100.0 * acked / elapsed / line_max,
+        wire,
+        100.0 * line_use,
+        100.0 * cpu / elapsed
+    );
+    Ok(())
+}
+
+fn start_gateway(dir: &Path, port: &Path) -> anyhow::Result<Child> {
+    let config = dir.join("tidewell.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[mqtt]\nenabled = false\n[[serial.ports]]\npath = \"{}\"\n",
+            dir.join("data").display(),
+            port.display()
+        ),
+    )?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("gateway stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    while let Some(line) = lines.next().transpose()? {
+        if line.starts_with("tidewell: ready") {
+            std::thread::spawn(move || lines.for_each(drop));
+            return Ok(child);
+        }
+    }
+    bail!("the gateway exited before it was ready")
+}
+
+/// User plus system CPU time of a process so far.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / per_second)
+}
+
+fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        if Instant::now() > deadline {
+            bail!("timed out");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
