@@ -15,7 +15,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
 fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20)); // polling a condition other processes change
     }
 }
@@ -39,8 +42,14 @@ impl Cable {
             .stderr(Stdio::null())
             .spawn()
             .expect("socat is installed (tests/run installs it)");
-        wait_for("socat's pseudo-terminals", Duration::from_secs(10), || gateway_end.exists() && device_end.exists());
-        Cable { child, gateway_end, device_end }
+        wait_for("socat's pseudo-terminals", Duration::from_secs(10), || {
+            gateway_end.exists() && device_end.exists()
+        });
+        Cable {
+            child,
+            gateway_end,
+            device_end,
+        }
     }
 
     fn unplug(mut self) {
@@ -85,7 +94,9 @@ impl Gateway {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("gateway ready line");
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("gateway ready line");
             if line.starts_with("tidewell: ready") {
                 break;
             }
@@ -137,7 +148,9 @@ fn logged_values(dir: &Path, device: &str) -> Vec<i64> {
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|r| r["key"] == device)
-        .filter_map(|r| serde_json::from_str::<serde_json::Value>(r["payload"].as_str()?).ok()?["int"].as_i64())
+        .filter_map(|r| {
+            serde_json::from_str::<serde_json::Value>(r["payload"].as_str()?).ok()?["int"].as_i64()
+        })
         .collect()
 }
 
@@ -146,7 +159,10 @@ fn assert_exactly_once_in_order(values: &[i64], count: i64) {
     if values != expected {
         let dupes = values.len() as i64 - count;
         let first_bad = values.iter().zip(&expected).position(|(a, b)| a != b);
-        panic!("{} readings logged for {count} sent ({dupes:+}); first difference at {first_bad:?}", values.len());
+        panic!(
+            "{} readings logged for {count} sent ({dupes:+}); first difference at {first_bad:?}",
+            values.len()
+        );
     }
 }
 
@@ -155,7 +171,21 @@ fn readings_arrive_in_the_log_in_order_and_are_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
     let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
-    let sim = device(&cable.device_end, &["--count", "2000", "--rate", "0", "--batch", "16", "--baud", "3000000", "--device-id", "dev-a"]);
+    let sim = device(
+        &cable.device_end,
+        &[
+            "--count",
+            "2000",
+            "--rate",
+            "0",
+            "--batch",
+            "16",
+            "--baud",
+            "3000000",
+            "--device-id",
+            "dev-a",
+        ],
+    );
     let report = report(sim);
     assert_eq!(report["readings_acked"], 2000);
     assert_exactly_once_in_order(&logged_values(dir.path(), "dev-a"), 2000);
@@ -166,9 +196,28 @@ fn line_noise_and_lost_bytes_never_append_damage_nor_lose_acknowledged_readings(
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
     let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
-    let args = ["--count", "1500", "--rate", "0", "--baud", "3000000", "--noise", "0.05", "--drop", "0.05", "--retransmit-ms", "200", "--device-id", "noisy"];
+    let args = [
+        "--count",
+        "1500",
+        "--rate",
+        "0",
+        "--baud",
+        "3000000",
+        "--noise",
+        "0.05",
+        "--drop",
+        "0.05",
+        "--retransmit-ms",
+        "200",
+        "--device-id",
+        "noisy",
+    ];
     let report = report(device(&cable.device_end, &args));
-    assert!(report["frames_corrupted"].as_u64().unwrap() > 0 && report["bytes_dropped"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["frames_corrupted"].as_u64().unwrap() > 0
+            && report["bytes_dropped"].as_u64().unwrap() > 0,
+        "{report}"
+    );
     assert_exactly_once_in_order(&logged_values(dir.path(), "noisy"), 1500);
 }
 
@@ -180,9 +229,30 @@ fn after_a_gateway_kill_unacknowledged_readings_are_resent_and_appended_exactly_
     // After 400 acknowledged readings the device stops hearing the gateway
     // for 4 s: its queue fills with batches that are in the log but never
     // acknowledged, exactly what a kill between fsync and Ack leaves behind.
-    let args = ["--count", "3000", "--rate", "600", "--batch", "4", "--baud", "3000000", "--retransmit-ms", "300", "--device-id", "dev-k", "--deaf-after", "400", "--deaf-ms", "4000"];
+    let args = [
+        "--count",
+        "3000",
+        "--rate",
+        "600",
+        "--batch",
+        "4",
+        "--baud",
+        "3000000",
+        "--retransmit-ms",
+        "300",
+        "--device-id",
+        "dev-k",
+        "--deaf-after",
+        "400",
+        "--deaf-ms",
+        "4000",
+    ];
     let sim = device(&cable.device_end, &args);
-    wait_for("unacknowledged batches in the log", Duration::from_secs(30), || logged_values(dir.path(), "dev-k").len() >= 600);
+    wait_for(
+        "unacknowledged batches in the log",
+        Duration::from_secs(30),
+        || logged_values(dir.path(), "dev-k").len() >= 600,
+    );
     gateway.kill();
     let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
     let report = report(sim);
@@ -195,8 +265,28 @@ fn an_unplugged_port_is_picked_up_again_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
     let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
-    let sim = device(&cable.device_end, &["--count", "2000", "--rate", "500", "--batch", "4", "--baud", "3000000", "--retransmit-ms", "300", "--device-id", "dev-u"]);
-    wait_for("readings before the unplug", Duration::from_secs(30), || logged_values(dir.path(), "dev-u").len() >= 400);
+    let sim = device(
+        &cable.device_end,
+        &[
+            "--count",
+            "2000",
+            "--rate",
+            "500",
+            "--batch",
+            "4",
+            "--baud",
+            "3000000",
+            "--retransmit-ms",
+            "300",
+            "--device-id",
+            "dev-u",
+        ],
+    );
+    wait_for(
+        "readings before the unplug",
+        Duration::from_secs(30),
+        || logged_values(dir.path(), "dev-u").len() >= 400,
+    );
     cable.unplug();
     let before = logged_values(dir.path(), "dev-u").len();
     let _cable = Cable::plug(dir.path());
@@ -212,17 +302,33 @@ fn a_lines_port_appends_one_record_per_text_line() {
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
     let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "lines");
-    let mut tty = std::fs::OpenOptions::new().write(true).open(&cable.device_end).unwrap();
-    tty.write_all(b"$GPGGA,123519,4807.038,N\r\n21.5,48.2\n\n").unwrap();
+    let mut tty = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cable.device_end)
+        .unwrap();
+    tty.write_all(b"$GPGGA,123519,4807.038,N\r\n21.5,48.2\n\n")
+        .unwrap();
     tty.flush().unwrap();
     let dump = || {
-        let out = Command::new(BIN).args(["log", "dump", "--data-dir"]).arg(dir.path().join("data")).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["log", "dump", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .map(|r| r["payload"].as_str().unwrap_or_default().to_string())
             .collect::<Vec<_>>()
     };
-    wait_for("two lines in the log", Duration::from_secs(20), || dump().len() >= 2);
-    assert_eq!(dump(), vec!["$GPGGA,123519,4807.038,N".to_string(), "21.5,48.2".to_string()]);
+    wait_for("two lines in the log", Duration::from_secs(20), || {
+        dump().len() >= 2
+    });
+    assert_eq!(
+        dump(),
+        vec![
+            "$GPGGA,123519,4807.038,N".to_string(),
+            "21.5,48.2".to_string()
+        ]
+    );
 }

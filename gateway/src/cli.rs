@@ -125,7 +125,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run(config.as_deref()),
         Command::Log(LogCommand::Verify { data_dir, json }) => verify(&data_dir, json),
         Command::Log(LogCommand::Dump(args)) => dump(&args),
-        Command::Sim(SimCommand::Serial(args)) => crate::serial::sim::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Sim(SimCommand::Serial(args)) => {
+            crate::serial::sim::run(&args).map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Serial(args)) => {
             crate::bench::serial::run(&args).map(|()| ExitCode::SUCCESS)
         }
@@ -214,7 +216,10 @@ struct StopSignals {
 impl StopSignals {
     fn install() -> std::io::Result<StopSignals> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 
     async fn wait(mut self) {

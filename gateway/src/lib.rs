@@ -13,5 +13,5 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod log;
-pub mod serial;
 pub mod mqtt;
+pub mod serial;

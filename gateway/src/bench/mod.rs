@@ -2,7 +2,7 @@
 //! side in one run, on this machine, and prints ratios.
 
 pub mod log;
-pub mod open;
-pub mod serial;
 #[cfg(feature = "bench-mqtt")]
 pub mod mqtt;
+pub mod open;
+pub mod serial;
