@@ -137,8 +137,8 @@ fn report(child: Child) -> serde_json::Value {
     serde_json::from_str(text.trim()).expect("JSON report")
 }
 
-/// The `int` values of `device`'s readings in the log, in log order.
-fn logged_values(dir: &Path, device: &str) -> Vec<i64> {
+/// Every record in the gateway's log, as `tidewell log dump` prints it.
+fn dump(dir: &Path) -> Vec<serde_json::Value> {
     let out = Command::new(BIN)
         .args(["log", "dump", "--data-dir"])
         .arg(dir.join("data"))
@@ -146,7 +146,14 @@ fn logged_values(dir: &Path, device: &str) -> Vec<i64> {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The `int` values of `device`'s readings in the log, in log order.
+fn logged_values(dir: &Path, device: &str) -> Vec<i64> {
+    dump(dir)
+        .into_iter()
         .filter(|r| r["key"] == device)
         .filter_map(|r| {
             serde_json::from_str::<serde_json::Value>(r["payload"].as_str()?).ok()?["int"].as_i64()
@@ -309,23 +316,17 @@ fn a_lines_port_appends_one_record_per_text_line() {
     tty.write_all(b"$GPGGA,123519,4807.038,N\r\n21.5,48.2\n\n")
         .unwrap();
     tty.flush().unwrap();
-    let dump = || {
-        let out = Command::new(BIN)
-            .args(["log", "dump", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let payloads = || -> Vec<String> {
+        dump(dir.path())
+            .iter()
             .map(|r| r["payload"].as_str().unwrap_or_default().to_string())
-            .collect::<Vec<_>>()
+            .collect()
     };
     wait_for("two lines in the log", Duration::from_secs(20), || {
-        dump().len() >= 2
+        payloads().len() >= 2
     });
     assert_eq!(
-        dump(),
+        payloads(),
         vec![
             "$GPGGA,123519,4807.038,N".to_string(),
             "21.5,48.2".to_string()

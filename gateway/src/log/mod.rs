@@ -173,6 +173,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn new(
+        config: LogConfig,
+        storage: Arc<dyn Storage>,
+        topics: BTreeMap<String, Arc<TopicLog>>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            config,
+            storage,
+            topics,
+            stats: Stats::default(),
+            pending_bytes: AtomicU64::new(0),
+            poisoned: Mutex::new(None),
+        })
+    }
+
     fn poison(&self, reason: String) {
         let mut p = self.poisoned.lock().unwrap_or_else(PoisonError::into_inner);
         p.get_or_insert(reason);
@@ -219,14 +234,7 @@ impl Log {
         let topics = open_topics(&storage, &config, Mode::ReadWrite, &mut findings)?;
         report(&findings);
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            config,
-            storage,
-            topics,
-            stats: Stats::default(),
-            pending_bytes: AtomicU64::new(0),
-            poisoned: Mutex::new(None),
-        });
+        let shared = Shared::new(config, storage, topics);
         let writer = Writer::new(rx, shared.clone());
         let handle = std::thread::Builder::new()
             .name("log-writer".into())
@@ -247,14 +255,7 @@ impl Log {
         let config = LogConfig::new(dir);
         let mut findings = Vec::new();
         let topics = open_topics(&storage, &config, Mode::ReadOnly, &mut findings)?;
-        let shared = Arc::new(Shared {
-            config,
-            storage,
-            topics,
-            stats: Stats::default(),
-            pending_bytes: AtomicU64::new(0),
-            poisoned: Mutex::new(None),
-        });
+        let shared = Shared::new(config, storage, topics);
         Ok(Log {
             shared,
             tx: None,
