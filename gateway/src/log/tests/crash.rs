@@ -169,6 +169,7 @@ fn acknowledged_records_survive_a_power_cut_at_every_operation() {
             points += 1;
         }
     }
+    eprintln!("crash points exercised: {points}");
     assert!(points > 2000, "only {points} crash points were exercised");
 }
 
