@@ -153,7 +153,7 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let log = Log::open(Arc::new(OsStorage), config.log_config())
         .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
     let log = Arc::new(log);
-    tracing::info!(data_dir = %config.data_dir.display(), "log open; buffer-only mode (no upstream configured)");
+    let replicator = start_replicator(&config, &log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
@@ -168,12 +168,30 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     drop(mqtt);
     drop(serial);
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    if let Some(replicator) = replicator {
+        replicator.stop();
+    }
     match Arc::try_unwrap(log) {
         Ok(log) => log.close(),
         // A task still holds it; dropping the last handle closes it the same way.
         Err(_) => tracing::warn!("log still referenced at stop"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts replication when `[upstream]` is configured.
+fn start_replicator(
+    config: &Config,
+    log: &Arc<Log>,
+) -> anyhow::Result<Option<crate::replicate::Replicator>> {
+    let Some(upstream) = &config.upstream else {
+        tracing::info!(data_dir = %config.data_dir.display(), "log open; buffer-only mode (no upstream configured)");
+        return Ok(None);
+    };
+    let gateway_id = config.gateway_id();
+    tracing::info!(data_dir = %config.data_dir.display(), %gateway_id, servers = %upstream.bootstrap_servers, "log open; replicating upstream");
+    let replicator = crate::replicate::Replicator::start(log.clone(), upstream.clone(), &gateway_id)?;
+    Ok(Some(replicator))
 }
 
 /// Starts the MQTT listener (unless disabled) and prints the `ready` line

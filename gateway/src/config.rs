@@ -58,6 +58,12 @@ pub struct Config {
     pub mqtt: crate::mqtt::MqttConfig,
     /// Serial ports (`[[serial.ports]]`, see `serial::config`); none by default.
     pub serial: crate::serial::SerialConfig,
+    /// This gateway's name upstream (default: `/etc/machine-id`, else the
+    /// host name); it is in every replicated record's headers.
+    pub gateway_id: Option<String>,
+    /// Replication to Kafka (`[upstream]`, see `replicate::config`); none:
+    /// buffer-only mode.
+    pub upstream: Option<crate::replicate::UpstreamConfig>,
 }
 
 impl Default for Config {
@@ -68,6 +74,8 @@ impl Default for Config {
             topics: BTreeMap::from([(DEFAULT_TOPIC.to_string(), TopicConfig::default())]),
             mqtt: crate::mqtt::MqttConfig::default(),
             serial: crate::serial::SerialConfig::default(),
+            gateway_id: None,
+            upstream: None,
         }
     }
 }
@@ -119,6 +127,16 @@ impl Config {
         self.serial
             .validate(&topics)
             .map_err(|(key, message)| invalid(key, &message))?;
+        if let Some(upstream) = &self.upstream {
+            upstream
+                .validate(&topics)
+                .map_err(|(key, message)| invalid(key, &message))?;
+        }
+        if let Some(id) = &self.gateway_id {
+            if !crate::log::config::valid_topic_name(id) {
+                return Err(invalid("gateway_id".into(), "use 1-200 characters of [A-Za-z0-9._-]"));
+            }
+        }
         if self.log.index_interval_bytes == 0 {
             return Err(invalid(
                 "log.index_interval_bytes".into(),
@@ -133,6 +151,14 @@ impl Config {
         config.topics = self.topics.clone();
         config.index_interval_bytes = self.log.index_interval_bytes;
         config.min_free_bytes = self.log.min_free_bytes;
+        config.replication_enabled = self.upstream.is_some();
         config
+    }
+
+    /// The configured gateway id, or the machine's.
+    pub fn gateway_id(&self) -> String {
+        self.gateway_id
+            .clone()
+            .unwrap_or_else(crate::replicate::config::default_gateway_id)
     }
 }

@@ -1,0 +1,258 @@
+//! Replication upstream: each local partition is mirrored, in order, to a
+//! topic on a central Kafka cluster whenever the uplink is there.
+//!
+//! # Shape
+//!
+//! One thread (`replicate`) owns every stream (one per mirrored local
+//! partition) and one librdkafka idempotent producer (`acks=all`,
+//! `enable.idempotence=true`). librdkafka's own thread reports each
+//! delivery through a channel; the replicator thread waits on that channel
+//! (20 ms when it has nothing to send), so it neither busy-polls the log nor
+//! needs anything from it but [`Log::read`], [`Log::offsets`] and
+//! [`Log::set_replicated`].
+//!
+//! ```text
+//!  log ──read──► stream (per local partition) ──send──► librdkafka ──► cluster
+//!   ▲                 │  slots: sent / acked, in offset order      │
+//!   └─set_replicated──┘◄──────────── delivery reports ─────────────┘
+//! ```
+//!
+//! # The cursor
+//!
+//! A stream sends from its cursor and remembers every sent offset. The
+//! cursor moves only over a contiguous prefix of acknowledged records, and
+//! is persisted (the partition's checkpoint file, atomically) every
+//! `checkpoint_interval_ms` and at a clean stop. Retention deletes a segment
+//! only once it lies wholly below the persisted cursor, unless the quota
+//! forces `drop_oldest`: the log then records the dropped range as a gap,
+//! and the stream, finding the log starting after its cursor, counts the
+//! records (`gap_records`) and logs a warning. Damaged local data (the log
+//! says where readable data resumes) is counted as `corrupt_records` and
+//! logged as an error; nothing else is ever skipped.
+//!
+//! The in-flight window is bounded (`max_in_flight_records` per partition,
+//! `max_in_flight_bytes` overall) and librdkafka's queue is capped just
+//! above it: the log is the buffer, so memory does not grow with an outage.
+//!
+//! # Ordering
+//!
+//! Records of one local partition go to the remote partition of the same
+//! number (`partitioning = "same"`) or to `murmur2(key) % partitions`, Kafka's
+//! default partitioner (`partitioning = "key"`, keyless records use the local
+//! partition number). Either way one remote partition receives one local
+//! partition's records in local offset order: the idempotent producer keeps
+//! the order across its own retries. `priority = "live_first"` changes which
+//! *partitions* are served first (the smallest backlog first, so partitions
+//! that are caught up carry live data with no delay while others drain); it
+//! never reorders records inside a partition, because a remote partition must
+//! see one local partition's records in order. Keep live and backlog
+//! separable by giving devices their own local partitions (MQTT routing
+//! keys); a shared remote topic with `partitioning = "key"` still keeps each
+//! device's records in order.
+//!
+//! # Headers, and deduplication downstream
+//!
+//! Every upstream record carries the headers `tidewell.gateway_id`,
+//! `tidewell.topic` (local topic), `tidewell.partition` and
+//! `tidewell.offset` (decimal text), followed by the ingest headers as they
+//! are in the log (`mqtt.topic`, `mqtt.client_id`, `mqtt.qos`,
+//! `mqtt.user.*`, `device.id`, `device.boot_epoch`, `device.seq`, ...). The
+//! record key, value and timestamp (arrival time, `CreateTime`) are the
+//! log's. `(gateway_id, topic, partition, offset)` identifies a record
+//! uniquely and for ever: a consumer that must never see a duplicate keeps,
+//! per `(gateway_id, topic, partition)`, the highest offset it has processed
+//! and drops any record at or below it.
+//!
+//! # Duplicates, and the window that remains
+//!
+//! - Retries inside a session: none (idempotent producer).
+//! - A failed session (fatal idempotence error such as an unknown producer
+//!   id or fencing, authorization, a missing topic, a record timing out after
+//!   `message_timeout_ms`): the producer is dropped and its queue purged;
+//!   after a backoff a new producer is made and every stream resumes from
+//!   its cursor. Records acknowledged past the cursor are remembered and not
+//!   sent again, and before the first send the new session reads the tail
+//!   of every remote partition it writes to (`dedupe_tail_records` records
+//!   each) and skips records whose `tidewell.*` headers are already there.
+//!   Nothing is ever skipped without proof that it is upstream.
+//! - A crash or power cut: at start-up the cursor is the persisted one (up
+//!   to `checkpoint_interval_ms` old); the same tail read finds the records
+//!   that were acknowledged after it, or were written but not yet
+//!   acknowledged, so they are not sent again.
+//!
+//! The window that remains, exactly: (1) a produce request that was still
+//! travelling to the broker when the gateway died (or when a failed session
+//! was dropped) and that the broker appends *after* the new session has
+//! read the remote tail; and (2) records of this gateway that lie more than
+//! `dedupe_tail_records` records deep in their remote partition when the
+//! tail is read (possible only when other producers share the remote
+//! partition, or when more than that many records were acknowledged within
+//! one checkpoint interval). Both produce duplicates, never loss; consumers
+//! that need exactly once deduplicate with the headers above.
+//!
+//! # Connectivity
+//!
+//! librdkafka detects dead connections: no answer within
+//! `request_timeout_ms` closes the connection (half-open TCP included;
+//! keep-alive is on) and it reconnects with exponential backoff and jitter
+//! between `backoff_initial_ms` and `backoff_max_ms`. Records wait in the
+//! log meanwhile; status shows `disconnected` since when, with the error.
+//! Records that stay unacknowledged for `message_timeout_ms` fail the
+//! session, which is rebuilt after our own backoff (same bounds, "equal
+//! jitter"); errors that waiting will not fix (authorization, missing topic,
+//! too few partitions) are logged as errors, counted, shown in status, and
+//! retried no faster than `slow_retry_ms`. When the link returns the backlog
+//! drains at full speed (or at `bandwidth_bytes_per_s`) while new records
+//! are appended behind it.
+
+pub mod client;
+pub mod config;
+pub mod error;
+mod runner;
+mod send;
+pub mod status;
+pub mod stream;
+pub mod tail;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+pub use config::{remote_topic, MirrorRule, Partitioning, Priority, UpstreamConfig};
+pub use error::UpstreamError;
+pub use status::{Status, UpstreamState};
+
+use crate::log::{now_ms, Log};
+use client::Event;
+use runner::Runner;
+use stream::Stream;
+
+/// The running replicator. [`Replicator::stop`] stops it cleanly (cursors
+/// persisted); dropping it does the same.
+pub struct Replicator {
+    stop: Arc<AtomicBool>,
+    tx: Sender<Event>,
+    thread: Option<JoinHandle<()>>,
+    status: Arc<Mutex<Option<Status>>>,
+}
+
+impl Replicator {
+    /// Starts replicating every partition of the mirrored topics.
+    pub fn start(
+        log: Arc<Log>,
+        config: UpstreamConfig,
+        gateway_id: &str,
+    ) -> Result<Replicator, UpstreamError> {
+        let streams = streams(&log, &config, gateway_id)?;
+        if streams.is_empty() {
+            return Err(UpstreamError::Config("no local topic to mirror".into()));
+        }
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(Mutex::new(None));
+        let runner = Runner {
+            window: send::Window {
+                max_records: config.max_in_flight_records,
+                max_bytes: config.max_in_flight_bytes,
+                bytes: 0,
+            },
+            bucket: config.bandwidth_bytes_per_s.map(send::Bucket::new),
+            log,
+            gateway_id: gateway_id.to_string(),
+            streams,
+            tx: tx.clone(),
+            rx,
+            stop: stop.clone(),
+            shared_status: status.clone(),
+            producer: None,
+            session: 0,
+            failures: 0,
+            retry_at: Instant::now(),
+            upstream: status::UpstreamStatus::new(now_ms()),
+            last_checkpoint: Instant::now(),
+            last_status: Instant::now(),
+            next_first: 0,
+            config,
+        };
+        let thread = std::thread::Builder::new()
+            .name("replicate".into())
+            .spawn(move || runner.run())
+            .map_err(|e| UpstreamError::Client(format!("starting the replicator thread: {e}")))?;
+        Ok(Replicator {
+            stop,
+            tx,
+            thread: Some(thread),
+            status,
+        })
+    }
+
+    /// The latest status (refreshed every second), once there is one.
+    pub fn status(&self) -> Option<Status> {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops after a short drain of in-flight records; persists the cursors.
+    pub fn stop(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.tx.send(Event::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// One stream per partition of every mirrored topic (every topic when no
+/// rule is given), starting at the persisted cursor.
+fn streams(
+    log: &Log,
+    config: &UpstreamConfig,
+    gateway_id: &str,
+) -> Result<Vec<Stream>, UpstreamError> {
+    let rules: Vec<MirrorRule> = if config.mirror.is_empty() {
+        log.topics()
+            .map(|t| MirrorRule {
+                local: t.name.clone(),
+                remote: config::DEFAULT_TEMPLATE.to_string(),
+                partitioning: Partitioning::Same,
+            })
+            .collect()
+    } else {
+        config.mirror.clone()
+    };
+    let mut out = Vec::new();
+    for rule in &rules {
+        let topic = log.topic(&rule.local).ok_or_else(|| {
+            UpstreamError::Config(format!("mirror of unknown local topic {:?}", rule.local))
+        })?;
+        let remote = remote_topic(&rule.remote, gateway_id, &rule.local);
+        if !crate::log::config::valid_topic_name(&remote) {
+            return Err(UpstreamError::Config(format!(
+                "remote topic {remote:?} is not a valid Kafka topic name"
+            )));
+        }
+        for part in &topic.partitions {
+            let state = part.state();
+            let cursor = state.meta.replicated.unwrap_or(0);
+            let mut s = Stream::new(out.len() as u32, &rule.local, part.id, cursor);
+            s.remote_topic = remote.clone();
+            s.partitioning = rule.partitioning;
+            out.push(s);
+        }
+    }
+    Ok(out)
+}

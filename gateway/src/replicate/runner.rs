@@ -1,0 +1,496 @@
+//! The replicator thread: sessions, the send loop, acknowledgements,
+//! checkpoints and status.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::Producer as _;
+
+use super::client::{self, Event, Producer};
+use super::config::{Priority, UpstreamConfig};
+use super::error::{is_authorization, is_missing, UpstreamError};
+use super::send::{fill_stream, Bucket, Window};
+use super::status::{self, PartitionStatus, Status, UpstreamState, UpstreamStatus};
+use super::stream::Stream;
+use super::tail;
+use crate::log::{now_ms, Log, Offset};
+
+/// How long the thread waits for acknowledgements when it has nothing to send.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// At a clean stop, how long in-flight records may take to be acknowledged.
+const STOP_DRAIN: Duration = Duration::from_secs(5);
+/// Events handled per wake-up before the thread looks at the log again.
+const EVENTS_PER_WAKE: usize = 50_000;
+
+pub struct Runner {
+    pub log: Arc<Log>,
+    pub config: UpstreamConfig,
+    pub gateway_id: String,
+    pub streams: Vec<Stream>,
+    pub tx: Sender<Event>,
+    pub rx: Receiver<Event>,
+    pub stop: Arc<AtomicBool>,
+    pub shared_status: Arc<Mutex<Option<Status>>>,
+    pub producer: Option<Producer>,
+    pub session: u64,
+    /// Failed attempts since the last acknowledged record (backoff exponent).
+    pub failures: u32,
+    pub retry_at: Instant,
+    pub window: Window,
+    pub bucket: Option<Bucket>,
+    pub upstream: UpstreamStatus,
+    pub last_checkpoint: Instant,
+    pub last_status: Instant,
+    /// Streams are served starting here, rotating, so none starves.
+    pub next_first: usize,
+}
+
+impl Runner {
+    pub fn run(mut self) {
+        while !self.stop.load(Ordering::Acquire) {
+            if self.producer.is_none() && !self.try_connect() {
+                let wait = self.retry_at.saturating_duration_since(Instant::now());
+                self.wait_events(wait.min(Duration::from_millis(200)));
+                self.housekeeping(false);
+                continue;
+            }
+            let progressed = self.fill();
+            self.wait_events(if progressed {
+                Duration::ZERO
+            } else {
+                IDLE_WAIT
+            });
+            self.housekeeping(false);
+        }
+        self.shutdown();
+    }
+
+    fn try_connect(&mut self) -> bool {
+        if Instant::now() < self.retry_at {
+            return false;
+        }
+        self.session += 1;
+        self.upstream.set(UpstreamState::Connecting, now_ms());
+        match self.connect() {
+            Ok(producer) => {
+                self.producer = Some(producer);
+                self.upstream.sessions += 1;
+                self.upstream.set(UpstreamState::Connected, now_ms());
+                tracing::info!(session = self.session, "upstream session ready");
+                true
+            }
+            Err(e) => {
+                self.schedule_retry(e);
+                false
+            }
+        }
+    }
+
+    /// A new producer, the remote partition counts, and what the remote
+    /// tails already hold.
+    fn connect(&mut self) -> Result<Producer, UpstreamError> {
+        let producer = client::producer(
+            &self.config,
+            &self.gateway_id,
+            self.tx.clone(),
+            self.session,
+        )?;
+        let consumer = client::tail_consumer(&self.config, &self.gateway_id)?;
+        let timeout = Duration::from_millis(self.config.request_timeout_ms.max(1000));
+        let mut remotes: Vec<String> = self
+            .streams
+            .iter()
+            .map(|s| s.remote_topic.clone())
+            .collect();
+        remotes.sort();
+        remotes.dedup();
+        for remote in &remotes {
+            let count = remote_partitions(&producer, remote, timeout)?;
+            let mut read = Vec::new();
+            for s in self
+                .streams
+                .iter_mut()
+                .filter(|s| &s.remote_topic == remote)
+            {
+                if s.partitioning == super::config::Partitioning::Same
+                    && s.partition.0 as usize >= count
+                {
+                    return Err(UpstreamError::TooFewPartitions {
+                        topic: remote.clone(),
+                        remote: count,
+                        local_topic: s.topic.clone(),
+                        local_partition: s.partition.0,
+                    });
+                }
+                s.remote_partitions = count;
+                match s.partitioning {
+                    super::config::Partitioning::Same => read.push(s.partition.0 as i32),
+                    super::config::Partitioning::Key => read.extend(0..count as i32),
+                }
+            }
+            read.sort_unstable();
+            read.dedup();
+            let depth = self.config.dedupe_tail_records;
+            let found =
+                tail::read_tails(&consumer, remote, &read, &self.gateway_id, depth, timeout)?;
+            for s in self
+                .streams
+                .iter_mut()
+                .filter(|s| &s.remote_topic == remote)
+            {
+                if let Some(offsets) = found.get(&(s.topic.clone(), s.partition.0)) {
+                    s.note_upstream(offsets.iter().copied());
+                }
+            }
+        }
+        Ok(producer)
+    }
+
+    /// Sends what the windows allow; returns whether anything moved.
+    fn fill(&mut self) -> bool {
+        if self.producer.is_none() {
+            return false;
+        }
+        let order = self.order();
+        let Some(producer) = &self.producer else {
+            return false;
+        };
+        let mut progressed = false;
+        for i in order {
+            let stream = &mut self.streams[i];
+            let result = fill_stream(
+                &self.log,
+                producer,
+                self.session,
+                &self.gateway_id,
+                stream,
+                &mut self.window,
+                self.bucket.as_mut(),
+            );
+            match result {
+                Ok(moved) => progressed |= moved,
+                Err(e) => {
+                    self.teardown(e);
+                    return false;
+                }
+            }
+        }
+        progressed
+    }
+
+    /// The order streams are served in this round.
+    fn order(&mut self) -> Vec<usize> {
+        let n = self.streams.len();
+        let first = self.next_first % n.max(1);
+        self.next_first = self.next_first.wrapping_add(1);
+        let mut order: Vec<usize> = (0..n).map(|k| (first + k) % n).collect();
+        if self.config.priority == Priority::LiveFirst {
+            // Smallest backlog first: caught-up partitions carry live data.
+            let backlog = |s: &Stream| {
+                self.log
+                    .offsets(&s.topic, s.partition)
+                    .map_or(0, |(_, end)| end.0.saturating_sub(s.next_read))
+            };
+            order.sort_by_key(|&i| backlog(&self.streams[i]));
+        }
+        order
+    }
+
+    fn wait_events(&mut self, timeout: Duration) {
+        let first = if timeout.is_zero() {
+            self.rx.try_recv().ok()
+        } else {
+            match self.rx.recv_timeout(timeout) {
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+            }
+        };
+        let Some(first) = first else {
+            return;
+        };
+        self.handle(first);
+        for _ in 0..EVENTS_PER_WAKE {
+            match self.rx.try_recv() {
+                Ok(event) => self.handle(event),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Stop => self.stop.store(true, Ordering::Release),
+            Event::Delivered { token, error } => self.delivered(&token, error),
+            Event::Client {
+                session,
+                code,
+                message,
+            } if session == self.session => self.client_error(code, message),
+            Event::Client { .. } => {}
+        }
+    }
+
+    fn delivered(&mut self, token: &client::Token, error: Option<RDKafkaErrorCode>) {
+        let Some(stream) = self.streams.get_mut(token.stream as usize) else {
+            return;
+        };
+        match error {
+            None if token.session == self.session => {
+                let freed = stream.acked(token.offset);
+                self.window.bytes = self.window.bytes.saturating_sub(freed);
+                self.failures = 0;
+                if self.upstream.state != UpstreamState::Connected {
+                    tracing::info!("upstream reachable again");
+                    self.upstream.set(UpstreamState::Connected, now_ms());
+                }
+            }
+            // A late acknowledgement from an ended session: it is upstream.
+            None => stream.note_upstream([token.offset]),
+            Some(_) if token.session != self.session => {}
+            Some(code) => {
+                stream.counters.delivery_errors += 1;
+                let e = UpstreamError::Delivery {
+                    topic: stream.topic.clone(),
+                    partition: stream.partition.0,
+                    offset: token.offset,
+                    code,
+                };
+                self.teardown(e);
+            }
+        }
+    }
+
+    fn client_error(&mut self, code: Option<RDKafkaErrorCode>, message: String) {
+        let now = now_ms();
+        self.upstream.error(message.clone(), now);
+        match code {
+            Some(RDKafkaErrorCode::Fatal) => {
+                let detail = self
+                    .producer
+                    .as_ref()
+                    .and_then(|p| p.client().fatal_error())
+                    .map_or(message, |(code, reason)| format!("{code:?}: {reason}"));
+                self.teardown(UpstreamError::Fatal(detail));
+            }
+            Some(code) if is_authorization(code) => {
+                self.teardown(UpstreamError::Authorization(message))
+            }
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+                if self.upstream.state == UpstreamState::Connected {
+                    self.upstream.disconnects += 1;
+                    tracing::warn!("upstream unreachable, librdkafka reconnects: {message}");
+                }
+                self.upstream.set(UpstreamState::Disconnected, now);
+            }
+            _ => tracing::warn!("upstream: {message}"),
+        }
+    }
+
+    /// Ends the session: drops the producer (purging what it still holds),
+    /// rewinds every stream to its cursor and schedules the next attempt.
+    fn teardown(&mut self, e: UpstreamError) {
+        if let Some(producer) = self.producer.take() {
+            drop(producer);
+        }
+        // Reports the old producer made while it was purged: late acks
+        // count, failures of the old session are ignored.
+        while let Ok(event) = self.rx.try_recv() {
+            self.handle(event);
+        }
+        for s in &mut self.streams {
+            s.reset();
+        }
+        self.window.bytes = 0;
+        self.schedule_retry(e);
+    }
+
+    fn schedule_retry(&mut self, e: UpstreamError) {
+        self.failures = self.failures.saturating_add(1);
+        let cfg = &self.config;
+        let exp = self.failures.saturating_sub(1).min(20);
+        let mut base = cfg
+            .backoff_initial_ms
+            .saturating_mul(1 << exp)
+            .min(cfg.backoff_max_ms);
+        if e.is_slow() {
+            base = base.max(cfg.slow_retry_ms);
+        }
+        // "Equal jitter": half fixed, half random, never above the cap.
+        let delay = base / 2 + fastrand::u64(0..=base / 2);
+        self.retry_at = Instant::now() + Duration::from_millis(delay);
+        let now = now_ms();
+        self.upstream.session_failures += 1;
+        match &e {
+            UpstreamError::Authorization(_) => self.upstream.authorization_errors += 1,
+            UpstreamError::MissingTopic { .. } | UpstreamError::TooFewPartitions { .. } => {
+                self.upstream.missing_topic_errors += 1
+            }
+            UpstreamError::Delivery { code, .. } if is_authorization(*code) => {
+                self.upstream.authorization_errors += 1
+            }
+            UpstreamError::Delivery { code, .. } if is_missing(*code) => {
+                self.upstream.missing_topic_errors += 1
+            }
+            _ => {}
+        }
+        self.upstream.error(e.to_string(), now);
+        self.upstream.set(UpstreamState::BackingOff, now);
+        self.upstream.retry_at_ms = Some(now + delay as i64);
+        if e.is_slow() {
+            tracing::error!("upstream: {e}; retrying in {delay} ms");
+        } else {
+            tracing::warn!("upstream: {e}; retrying in {delay} ms");
+        }
+    }
+
+    /// Persists cursors at the checkpoint interval (or now, when `force`)
+    /// and refreshes the status.
+    fn housekeeping(&mut self, force: bool) {
+        let interval = Duration::from_millis(self.config.checkpoint_interval_ms);
+        if force || self.last_checkpoint.elapsed() >= interval {
+            self.last_checkpoint = Instant::now();
+            for s in &mut self.streams {
+                if s.cursor > s.persisted {
+                    match self
+                        .log
+                        .set_replicated(&s.topic, s.partition, Offset(s.cursor))
+                    {
+                        Ok(()) => s.persisted = s.cursor,
+                        Err(e) => {
+                            tracing::error!(topic = %s.topic, partition = %s.partition, "persisting the replication cursor: {e}")
+                        }
+                    }
+                }
+            }
+        }
+        if force || self.last_status.elapsed() >= STATUS_INTERVAL {
+            self.last_status = Instant::now();
+            self.publish_status();
+        }
+    }
+
+    fn publish_status(&self) {
+        let status = Status {
+            gateway_id: self.gateway_id.clone(),
+            bootstrap_servers: self.config.bootstrap_servers.clone(),
+            updated_ms: now_ms(),
+            upstream: self.upstream.clone(),
+            partitions: self
+                .streams
+                .iter()
+                .map(|s| partition_status(&self.log, s))
+                .collect(),
+        };
+        if let Err(e) = status::write(self.log.dir(), &status) {
+            tracing::debug!("writing the replication status: {e}");
+        }
+        *self
+            .shared_status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(status);
+    }
+
+    /// Clean stop: give in-flight records a moment to be acknowledged,
+    /// persist the cursors, drop the producer.
+    fn shutdown(&mut self) {
+        let deadline = Instant::now() + STOP_DRAIN;
+        while self.producer.is_some()
+            && self.upstream.state == UpstreamState::Connected
+            && self.streams.iter().any(|s| s.in_flight_records() > 0)
+            && Instant::now() < deadline
+        {
+            self.wait_events(IDLE_WAIT);
+        }
+        self.housekeeping(true);
+        self.producer = None;
+        self.upstream.set(UpstreamState::Stopped, now_ms());
+        self.publish_status();
+    }
+}
+
+fn remote_partitions(
+    producer: &Producer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize, UpstreamError> {
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| UpstreamError::Metadata {
+            topic: topic.to_string(),
+            message: e.to_string(),
+        })?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(UpstreamError::MissingTopic {
+            topic: topic.to_string(),
+        });
+    };
+    if let Some(err) = t.error() {
+        let code = RDKafkaErrorCode::from(err);
+        if is_authorization(code) {
+            return Err(UpstreamError::Authorization(format!(
+                "topic {topic:?}: {code}"
+            )));
+        }
+        if is_missing(code) {
+            return Err(UpstreamError::MissingTopic {
+                topic: topic.to_string(),
+            });
+        }
+        return Err(UpstreamError::Metadata {
+            topic: topic.to_string(),
+            message: code.to_string(),
+        });
+    }
+    if t.partitions().is_empty() {
+        return Err(UpstreamError::MissingTopic {
+            topic: topic.to_string(),
+        });
+    }
+    Ok(t.partitions().len())
+}
+
+fn partition_status(log: &Log, s: &Stream) -> PartitionStatus {
+    let part = log.partition(&s.topic, s.partition);
+    let (start, end, backlog_bytes, gaps, dropped) = match part {
+        Some(part) => {
+            let state = part.state();
+            let backlog_bytes: u64 = state
+                .segments
+                .values()
+                .filter(|seg| seg.end_offset().0 > s.cursor)
+                .map(|seg| {
+                    let (base, end) = (seg.base.0, seg.end_offset().0);
+                    let unsent = end - base.max(s.cursor);
+                    seg.size().saturating_mul(unsent) / (end - base).max(1)
+                })
+                .sum();
+            (
+                state.start_offset().0,
+                state.visible_end.0,
+                backlog_bytes,
+                state.meta.gaps.clone(),
+                state.meta.dropped_records,
+            )
+        }
+        None => (0, 0, 0, Vec::new(), 0),
+    };
+    PartitionStatus {
+        topic: s.topic.clone(),
+        partition: s.partition.0,
+        remote_topic: s.remote_topic.clone(),
+        log_start: start,
+        log_end: end,
+        replicated: s.cursor,
+        backlog_records: end.saturating_sub(s.cursor),
+        backlog_bytes,
+        in_flight_records: s.in_flight_records() as u64,
+        dropped_records: dropped,
+        gaps,
+        counters: s.counters.clone(),
+    }
+}

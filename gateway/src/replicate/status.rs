@@ -1,0 +1,122 @@
+//! What operators see: per partition how far replication is, and the state
+//! of the uplink. The running replicator writes it to
+//! `DATA_DIR/replicate.status.json` every second (temp file + rename, so a
+//! reader never sees half of it); `tidewell status` reads that file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::stream::StreamCounters;
+
+pub const STATUS_FILE: &str = "replicate.status.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamState {
+    /// Building a session: metadata, remote tails.
+    Connecting,
+    /// The session is up and the last thing heard was good.
+    Connected,
+    /// The session is up but librdkafka reports the brokers unreachable;
+    /// it reconnects by itself, records wait in the log.
+    Disconnected,
+    /// The session failed; the next attempt is at `retry_at_ms`.
+    BackingOff,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    pub state: UpstreamState,
+    /// When the current state began (ms since the epoch).
+    pub since_ms: i64,
+    pub retry_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+    pub sessions: u64,
+    pub session_failures: u64,
+    pub authorization_errors: u64,
+    pub missing_topic_errors: u64,
+    pub disconnects: u64,
+}
+
+impl UpstreamStatus {
+    pub fn new(now_ms: i64) -> UpstreamStatus {
+        UpstreamStatus {
+            state: UpstreamState::Connecting,
+            since_ms: now_ms,
+            retry_at_ms: None,
+            last_error: None,
+            last_error_ms: None,
+            sessions: 0,
+            session_failures: 0,
+            authorization_errors: 0,
+            missing_topic_errors: 0,
+            disconnects: 0,
+        }
+    }
+
+    /// Changes the state; `since_ms` moves only when the state changes.
+    pub fn set(&mut self, state: UpstreamState, now_ms: i64) {
+        if self.state != state {
+            self.state = state;
+            self.since_ms = now_ms;
+        }
+        if state != UpstreamState::BackingOff {
+            self.retry_at_ms = None;
+        }
+    }
+
+    pub fn error(&mut self, message: String, now_ms: i64) {
+        self.last_error = Some(message);
+        self.last_error_ms = Some(now_ms);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: u32,
+    pub remote_topic: String,
+    pub log_start: u64,
+    pub log_end: u64,
+    /// Every offset below it is acknowledged upstream (in memory; the
+    /// checkpoint lags by at most `checkpoint_interval_ms`).
+    pub replicated: u64,
+    pub backlog_records: u64,
+    /// Estimated from the segment sizes on disk.
+    pub backlog_bytes: u64,
+    pub in_flight_records: u64,
+    /// Records the log dropped under `drop_oldest` before replication.
+    pub dropped_records: u64,
+    pub gaps: Vec<(u64, u64)>,
+    pub counters: StreamCounters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub gateway_id: String,
+    pub bootstrap_servers: String,
+    pub updated_ms: i64,
+    pub upstream: UpstreamStatus,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+pub fn status_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(STATUS_FILE)
+}
+
+/// Writes the status file (best effort: it is advisory, never fsynced).
+pub fn write(data_dir: &Path, status: &Status) -> std::io::Result<()> {
+    let path = status_path(data_dir);
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)
+}
+
+pub fn read(data_dir: &Path) -> std::io::Result<Status> {
+    let text = std::fs::read(status_path(data_dir))?;
+    serde_json::from_slice(&text).map_err(std::io::Error::other)
+}
