@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::http::{HttpServer, Observed};
 use crate::log::{self, Log, Offset, OsStorage, Partition, ReadError, StoredRecord};
 
 #[derive(Parser)]
@@ -34,6 +35,18 @@ enum Command {
     /// Inspect the on-disk log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Show a running gateway's state (from its HTTP endpoint's /status).
+    Status {
+        /// The gateway's configuration, to find its HTTP address.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The HTTP address, overriding the configuration.
+        #[arg(long)]
+        http: Option<String>,
+        /// Print the raw JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that compare Tidewell with its peers in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -124,6 +137,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => run(config.as_deref()),
         Command::Log(LogCommand::Verify { data_dir, json }) => verify(&data_dir, json),
+        Command::Status { config, http, json } => status(config.as_deref(), http, json),
         Command::Log(LogCommand::Dump(args)) => dump(&args),
         Command::Sim(SimCommand::Serial(args)) => {
             crate::serial::sim::run(&args).map(|()| ExitCode::SUCCESS)
@@ -163,8 +177,18 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let stop = runtime.block_on(async { StopSignals::install() })?;
     let serial = runtime.block_on(async { crate::serial::start(&config.serial, log.clone()) });
     let mqtt = runtime.block_on(start_mqtt(&config, &log))?;
+    let mut observed = Observed::new(log.clone());
+    observed.mqtt = mqtt.as_ref().map(|m| m.stats.clone());
+    observed.serial = Some(serial.stats.clone());
+    let observed = Arc::new(observed);
+    let http = runtime.block_on(start_http(&config, observed.clone()))?;
+    announce_ready(mqtt.as_ref(), http.as_ref(), &observed);
+    let _watchdog = crate::systemd::watchdog_interval()
+        .map(|every| runtime.spawn(watchdog(every, observed.clone())));
     runtime.block_on(stop.wait());
+    let _ = crate::systemd::notify("STOPPING=1");
     tracing::info!("stopping: syncing the log");
+    drop(http);
     drop(mqtt);
     drop(serial);
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -190,7 +214,8 @@ fn start_replicator(
     };
     let gateway_id = config.gateway_id();
     tracing::info!(data_dir = %config.data_dir.display(), %gateway_id, servers = %upstream.bootstrap_servers, "log open; replicating upstream");
-    let replicator = crate::replicate::Replicator::start(log.clone(), upstream.clone(), &gateway_id)?;
+    let replicator =
+        crate::replicate::Replicator::start(log.clone(), upstream.clone(), &gateway_id)?;
     Ok(Some(replicator))
 }
 
@@ -201,15 +226,93 @@ async fn start_mqtt(
     log: &Arc<Log>,
 ) -> anyhow::Result<Option<crate::mqtt::MqttServer>> {
     if !config.mqtt.enabled {
-        eprintln!("tidewell: ready");
         return Ok(None);
     }
-    let server = crate::mqtt::start(&config.mqtt, log.clone()).await?;
-    match server.tls_addr {
-        Some(tls) => eprintln!("tidewell: ready mqtt={} mqtts={tls}", server.local_addr),
-        None => eprintln!("tidewell: ready mqtt={}", server.local_addr),
+    Ok(Some(crate::mqtt::start(&config.mqtt, log.clone()).await?))
+}
+
+async fn start_http(
+    config: &Config,
+    observed: Arc<Observed>,
+) -> anyhow::Result<Option<HttpServer>> {
+    if !config.http.enabled {
+        return Ok(None);
     }
+    let server = crate::http::start(&config.http, observed)
+        .await
+        .with_context(|| format!("listening for HTTP on {}", config.http.listen))?;
     Ok(Some(server))
+}
+
+/// Marks the gateway ready: `/readyz` answers 200, systemd gets `READY=1`,
+/// and the `ready` line (which scripts and tests wait for) names the bound
+/// addresses.
+fn announce_ready(
+    mqtt: Option<&crate::mqtt::MqttServer>,
+    http: Option<&HttpServer>,
+    observed: &Observed,
+) {
+    observed
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    let mut line = String::from("tidewell: ready");
+    if let Some(mqtt) = mqtt {
+        line.push_str(&format!(" mqtt={}", mqtt.local_addr));
+        if let Some(tls) = mqtt.tls_addr {
+            line.push_str(&format!(" mqtts={tls}"));
+        }
+    }
+    if let Some(http) = http {
+        line.push_str(&format!(" http={}", http.local_addr));
+    }
+    eprintln!("{line}");
+    if let Err(e) = crate::systemd::notify("READY=1") {
+        tracing::warn!("systemd notify failed: {e}");
+    }
+}
+
+/// Pings the systemd watchdog while the gateway is healthy. A log that
+/// refuses writes stops the pings: systemd restarts the gateway, and
+/// reopening the log recovers it.
+async fn watchdog(every: std::time::Duration, observed: Arc<Observed>) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        if observed.is_ready() {
+            let _ = crate::systemd::notify("WATCHDOG=1");
+        } else {
+            tracing::error!(
+                "not healthy (log poisoned: {:?}); withholding the watchdog ping",
+                observed.log.poisoned()
+            );
+        }
+    }
+}
+
+fn status(config: Option<&Path>, http: Option<String>, as_json: bool) -> anyhow::Result<ExitCode> {
+    let addr = match (http, config) {
+        (Some(addr), _) => addr,
+        (None, Some(path)) => Config::load(path)?.http.listen.to_string(),
+        (None, None) => Config::default().http.listen.to_string(),
+    };
+    let sample = || -> anyhow::Result<serde_json::Value> {
+        let body = crate::http::get(&addr, "/status")
+            .with_context(|| format!("asking the gateway at {addr} (is it running?)"))?;
+        Ok(serde_json::from_str(&body)?)
+    };
+    let first = sample()?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&first)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pause = std::time::Duration::from_secs(1);
+    std::thread::sleep(pause); // two samples a second apart give the drain rate
+    let second = sample()?;
+    print!(
+        "{}",
+        crate::http::status::table(&first, &second, pause.as_secs_f64())
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn hash_password() -> anyhow::Result<ExitCode> {

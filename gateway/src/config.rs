@@ -58,6 +58,8 @@ pub struct Config {
     pub mqtt: crate::mqtt::MqttConfig,
     /// Serial ports (`[[serial.ports]]`, see `serial::config`); none by default.
     pub serial: crate::serial::SerialConfig,
+    /// The observability endpoint (`[http]`); loopback by default.
+    pub http: crate::http::HttpConfig,
     /// This gateway's name upstream (default: `/etc/machine-id`, else the
     /// host name); it is in every replicated record's headers.
     pub gateway_id: Option<String>,
@@ -74,6 +76,7 @@ impl Default for Config {
             topics: BTreeMap::from([(DEFAULT_TOPIC.to_string(), TopicConfig::default())]),
             mqtt: crate::mqtt::MqttConfig::default(),
             serial: crate::serial::SerialConfig::default(),
+            http: crate::http::HttpConfig::default(),
             gateway_id: None,
             upstream: None,
         }
@@ -134,7 +137,10 @@ impl Config {
         }
         if let Some(id) = &self.gateway_id {
             if !crate::log::config::valid_topic_name(id) {
-                return Err(invalid("gateway_id".into(), "use 1-200 characters of [A-Za-z0-9._-]"));
+                return Err(invalid(
+                    "gateway_id".into(),
+                    "use 1-200 characters of [A-Za-z0-9._-]",
+                ));
             }
         }
         if self.log.index_interval_bytes == 0 {

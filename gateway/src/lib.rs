@@ -14,7 +14,9 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod log;
 pub mod mqtt;
 pub mod replicate;
 pub mod serial;
+pub mod systemd;

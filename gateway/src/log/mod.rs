@@ -159,6 +159,9 @@ pub struct TopicLog {
     pub name: String,
     pub config: TopicConfig,
     pub partitions: Vec<Arc<PartitionLog>>,
+    /// Records and payload bytes appended since start (for metrics).
+    pub appended_records: AtomicU64,
+    pub appended_bytes: AtomicU64,
 }
 
 /// What the writer thread and the handles share.
@@ -532,6 +535,8 @@ fn open_topic(
         name: name.to_string(),
         config: topic_config,
         partitions,
+        appended_records: AtomicU64::new(0),
+        appended_bytes: AtomicU64::new(0),
     })
 }
 

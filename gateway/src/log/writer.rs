@@ -284,6 +284,13 @@ impl Writer {
         self.shared
             .stats
             .record_write(self.buf.len() as u64, records.len() as u64);
+        let payload: usize = records.iter().map(Record::payload_len).sum();
+        topic
+            .appended_records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        topic
+            .appended_bytes
+            .fetch_add(payload as u64, Ordering::Relaxed);
         self.disk.written(self.buf.len() as u64);
         Ok(seg)
     }
