@@ -35,6 +35,9 @@ enum Command {
     /// Inspect the on-disk log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Check a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Show a running gateway's state (from its HTTP endpoint's /status).
     Status {
         /// The gateway's configuration, to find its HTTP address.
@@ -68,6 +71,15 @@ enum SimCommand {
 enum MqttCommand {
     /// Read a password from stdin (first line) and print its argon2 hash for `[[mqtt.users]] password_hash`.
     HashPassword,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every problem (with its key and line); exit 1 if there is any.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,6 +149,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => run(config.as_deref()),
         Command::Log(LogCommand::Verify { data_dir, json }) => verify(&data_dir, json),
+        Command::Config(ConfigCommand::Check { config }) => config_check(&config),
         Command::Status { config, http, json } => status(config.as_deref(), http, json),
         Command::Log(LogCommand::Dump(args)) => dump(&args),
         Command::Sim(SimCommand::Serial(args)) => {
@@ -285,6 +298,22 @@ async fn watchdog(every: std::time::Duration, observed: Arc<Observed>) {
                 "not healthy (log poisoned: {:?}); withholding the watchdog ping",
                 observed.log.poisoned()
             );
+        }
+    }
+}
+
+fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
+    match crate::config_check::check_file(path) {
+        Ok(_) => {
+            println!("{}: OK", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problems) => {
+            for problem in &problems {
+                println!("{}: {problem}", path.display());
+            }
+            println!("{}: {} problem(s)", path.display(), problems.len());
+            Ok(ExitCode::FAILURE)
         }
     }
 }

@@ -15,18 +15,10 @@ pub const DEFAULT_TOPIC: &str = "ingest";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: {key}: {message}")]
+    #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), crate::config_check::lines(problems))]
     Invalid {
         path: PathBuf,
-        key: String,
-        message: String,
+        problems: Vec<crate::config_check::Problem>,
     },
 }
 
@@ -84,72 +76,59 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Reads, parses and checks a configuration file; every problem found is
+    /// reported, each with its key path and line.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        crate::config_check::check_file(path).map_err(|problems| ConfigError::Invalid {
             path: path.into(),
-            source,
-        })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        config.validate(path)?;
-        Ok(config)
+            problems,
+        })
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: &str| ConfigError::Invalid {
-            path: path.into(),
-            key,
-            message: message.into(),
-        };
+    /// Every problem the types cannot catch, as (key path, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
         for (name, topic) in &self.topics {
             if !crate::log::config::valid_topic_name(name) {
-                return Err(invalid(
+                problems.push((
                     format!("topics.{name}"),
-                    "topic names use 1-200 characters of [A-Za-z0-9._-]",
+                    "topic names use 1-200 characters of [A-Za-z0-9._-]".into(),
                 ));
             }
             if topic.partitions == 0 {
-                return Err(invalid(
+                problems.push((
                     format!("topics.{name}.partitions"),
-                    "must be at least 1",
+                    "must be at least 1".into(),
                 ));
             }
             if topic.max_segment_bytes < 4096 {
-                return Err(invalid(
+                problems.push((
                     format!("topics.{name}.max_segment_bytes"),
-                    "must be at least 4096",
+                    "must be at least 4096".into(),
                 ));
             }
         }
-        self.mqtt
-            .validate()
-            .map_err(|(key, message)| invalid(key, &message))?;
         let topics: Vec<&str> = self.topics.keys().map(String::as_str).collect();
-        self.serial
-            .validate(&topics)
-            .map_err(|(key, message)| invalid(key, &message))?;
+        problems.extend(self.mqtt.validate().err());
+        problems.extend(self.serial.validate(&topics).err());
         if let Some(upstream) = &self.upstream {
-            upstream
-                .validate(&topics)
-                .map_err(|(key, message)| invalid(key, &message))?;
+            problems.extend(upstream.validate(&topics).err());
         }
         if let Some(id) = &self.gateway_id {
             if !crate::log::config::valid_topic_name(id) {
-                return Err(invalid(
+                problems.push((
                     "gateway_id".into(),
-                    "use 1-200 characters of [A-Za-z0-9._-]",
+                    "use 1-200 characters of [A-Za-z0-9._-]".into(),
                 ));
             }
         }
         if self.log.index_interval_bytes == 0 {
-            return Err(invalid(
+            problems.push((
                 "log.index_interval_bytes".into(),
-                "must be at least 1",
+                "must be at least 1".into(),
             ));
         }
-        Ok(())
+        problems
     }
 
     pub fn log_config(&self) -> LogConfig {

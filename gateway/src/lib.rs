@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod config_check;
 pub mod http;
 pub mod log;
 pub mod mqtt;

@@ -466,6 +466,12 @@ fn open_topics(
     Ok(topics)
 }
 
+/// Topics already in a log directory, with their partition counts (empty
+/// when there is no log there, or it cannot be read).
+pub fn topic_partitions_on_disk(dir: &Path) -> Vec<(String, u32)> {
+    topics_on_disk(&OsStorage, dir).unwrap_or_default()
+}
+
 /// Topics already in `dir`, with their partition counts.
 fn topics_on_disk(storage: &dyn Storage, dir: &Path) -> Result<Vec<(String, u32)>, OpenError> {
     if !storage.is_dir(dir) {

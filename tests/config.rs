@@ -1,0 +1,151 @@
+//! `tidewell config check` and `tidewell run` on good and bad configuration
+//! files: every problem is reported with its key path and line.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use tidewell::log::{Log, LogConfig, OsStorage, TopicConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
+
+fn check(path: &Path) -> (bool, String) {
+    let out: Output = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn write(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("tidewell.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_commented_example_is_a_valid_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/tidewell.toml"),
+    )
+    .unwrap();
+    // Its secret file must exist to be readable; point it into the temp dir.
+    let secret = dir.path().join("kafka-password");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let text = example
+        .replace("/etc/tidewell/kafka-password", secret.to_str().unwrap())
+        .replace(
+            "/var/lib/tidewell",
+            dir.path().join("data").to_str().unwrap(),
+        );
+    let (ok, out) = check(&write(dir.path(), &text));
+    assert!(ok, "{out}");
+    assert!(out.contains(": OK"));
+}
+
+#[test]
+fn a_wrong_type_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "data_dir = \"d\"\n\n[topics.ingest]\npartitions = \"four\"\n",
+    );
+    let (ok, out) = check(&path);
+    assert!(!ok);
+    assert!(
+        out.contains("line 4") && out.contains("invalid type"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unknown_key_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "[mqtt]\nlisten = \"127.0.0.1:1883\"\nlisen = \"oops\"\n",
+    );
+    let (ok, out) = check(&path);
+    assert!(!ok);
+    assert!(
+        out.contains("line 3") && out.contains("unknown field `lisen`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_semantic_problem_is_listed_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+data_dir = \"data\"
+
+[topics.ingest]
+partitions = 0
+
+[mqtt.tls]
+listen = \"127.0.0.1:8883\"
+cert_file = \"/nonexistent/server.pem\"
+key_file = \"/nonexistent/server.key\"
+
+[[mqtt.routes]]
+filter = \"devices/#\"
+topic = \"ingest\"
+
+[[mqtt.routes]]
+filter = \"devices/+/telemetry\"
+topic = \"ingest\"
+";
+    let (ok, out) = check(&write(dir.path(), text));
+    assert!(!ok);
+    for expected in [
+        "line 4: topics.ingest.partitions: must be at least 1",
+        "line 8: mqtt.tls.cert_file: cannot read /nonexistent/server.pem",
+        "line 9: mqtt.tls.key_file: cannot read",
+        "line 16: mqtt.routes[1].filter: \"devices/+/telemetry\" can never match",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(out.contains("4 problem(s)"), "{out}");
+}
+
+#[test]
+fn changing_the_partition_count_of_a_topic_on_disk_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = Log::open(
+        Arc::new(OsStorage),
+        LogConfig::new(&data).with_topic("ingest", TopicConfig::default()),
+    )
+    .unwrap();
+    log.close();
+    let path = write(
+        dir.path(),
+        &format!(
+            "data_dir = \"{}\"\n[topics.ingest]\npartitions = 4\n",
+            data.display()
+        ),
+    );
+    let (ok, out) = check(&path);
+    assert!(!ok);
+    assert!(
+        out.contains("line 3: topics.ingest.partitions") && out.contains("with 1 partitions"),
+        "{out}"
+    );
+
+    let run = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!run.status.success(), "run refuses the same file");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("topics.ingest.partitions"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
