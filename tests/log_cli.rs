@@ -315,3 +315,48 @@ fn wait_with_deadline(
         std::thread::sleep(Duration::from_millis(20)); // polling a process exit; no condition to await
     }
 }
+
+/// The first log line the gateway writes on stderr with `envs` set.
+fn first_log_line(envs: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tidewell.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[mqtt]\nenabled = false\n[http]\nenabled = false\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewell"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .envs(envs.iter().copied())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
+#[test]
+fn log_lines_are_json_when_asked_and_have_no_timestamp_under_the_journal() {
+    let json: serde_json::Value =
+        serde_json::from_str(&first_log_line(&[("TIDEWELL_LOG_FORMAT", "json")]))
+            .expect("a JSON log line");
+    assert_eq!(json["level"], "INFO");
+    assert!(
+        json["timestamp"].is_string() && json["fields"]["message"].is_string(),
+        "{json}"
+    );
+    let plain = first_log_line(&[("JOURNAL_STREAM", "8:12345")]);
+    assert!(
+        plain.starts_with(" INFO") || plain.starts_with("INFO"),
+        "no timestamp, no colour: {plain:?}"
+    );
+}

@@ -136,13 +136,25 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Log lines go to stderr: plain and without timestamps under systemd (the
+/// journal adds its own), JSON with `TIDEWELL_LOG_FORMAT=json`, colours only
+/// on a terminal. `TIDEWELL_LOG` filters (default `info`).
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWELL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let format = std::env::var("TIDEWELL_LOG_FORMAT").unwrap_or_default();
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let _ = match format.as_str() {
+        "json" => builder.json().try_init(),
+        "plain" => builder.without_time().try_init(),
+        _ if journal => builder.without_time().try_init(),
+        _ => builder.try_init(),
+    };
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -43,10 +43,11 @@ pub fn lines(problems: &[Problem]) -> String {
 pub fn check_file(path: &Path) -> Result<Config, Vec<Problem>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![problem("", None, format!("cannot read: {e}"))])?;
-    let config: Config = toml::from_str(&text).map_err(|e| {
+    let mut config: Config = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|span| line_of(&text, span.start));
         vec![problem("", line, e.message().to_string())]
     })?;
+    apply_env(&mut config, |name| std::env::var_os(name));
     let mut problems: Vec<Problem> = config
         .problems()
         .into_iter()
@@ -62,6 +63,40 @@ pub fn check_file(path: &Path) -> Result<Config, Vec<Problem>> {
         Ok(config)
     } else {
         Err(problems)
+    }
+}
+
+/// Secrets may come from the environment (systemd `LoadCredential=`,
+/// `EnvironmentFile=`) rather than the shared file: these variables override
+/// their keys.
+pub const ENV_OVERRIDES: [&str; 5] = [
+    "TIDEWELL_UPSTREAM_PASSWORD",
+    "TIDEWELL_UPSTREAM_PASSWORD_FILE",
+    "TIDEWELL_UPSTREAM_KEY_FILE",
+    "TIDEWELL_MQTT_TLS_CERT_FILE",
+    "TIDEWELL_MQTT_TLS_KEY_FILE",
+];
+
+pub fn apply_env(config: &mut Config, var: impl Fn(&str) -> Option<std::ffi::OsString>) {
+    if let Some(upstream) = &mut config.upstream {
+        let security = &mut upstream.security;
+        if let Some(v) = var(ENV_OVERRIDES[0]) {
+            security.password = Some(v.to_string_lossy().into_owned());
+        }
+        if let Some(v) = var(ENV_OVERRIDES[1]) {
+            security.password_file = Some(v.into());
+        }
+        if let Some(v) = var(ENV_OVERRIDES[2]) {
+            security.key_file = Some(v.into());
+        }
+    }
+    if let Some(tls) = &mut config.mqtt.tls {
+        if let Some(v) = var(ENV_OVERRIDES[3]) {
+            tls.cert_file = v.into();
+        }
+        if let Some(v) = var(ENV_OVERRIDES[4]) {
+            tls.key_file = v.into();
+        }
     }
 }
 
@@ -200,6 +235,25 @@ fn changed_partition_counts(config: &Config) -> Vec<Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_variables_override_secrets() {
+        let text = "[upstream]\nbootstrap_servers = \"k:9092\"\n[upstream.security]\npassword = \"in-file\"\n[mqtt.tls]\nlisten = \"127.0.0.1:8883\"\ncert_file = \"a\"\nkey_file = \"b\"\n";
+        let mut config: Config = toml::from_str(text).unwrap();
+        apply_env(&mut config, |name| match name {
+            "TIDEWELL_UPSTREAM_PASSWORD" => Some("from-env".into()),
+            "TIDEWELL_MQTT_TLS_KEY_FILE" => Some("/run/credentials/tidewell/key".into()),
+            _ => None,
+        });
+        let upstream = config.upstream.as_ref().unwrap();
+        assert_eq!(upstream.security.password.as_deref(), Some("from-env"));
+        let tls = config.mqtt.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.key_file,
+            std::path::PathBuf::from("/run/credentials/tidewell/key")
+        );
+        assert_eq!(tls.cert_file, std::path::PathBuf::from("a"));
+    }
 
     #[test]
     fn filter_cover_follows_mqtt_wildcards() {
