@@ -194,6 +194,14 @@ pub fn tail_consumer(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "100")
+        // Small fetches, each answered well within the timeout even by a
+        // slow broker; a tail is read once per session.
+        .set("max.partition.fetch.bytes", "262144")
+        .set("fetch.max.bytes", "1048576")
+        .set(
+            "socket.timeout.ms",
+            config.request_timeout_ms.max(30_000).to_string(),
+        )
         .set("isolation.level", "read_uncommitted");
     for (key, value) in &config.librdkafka {
         if !key.starts_with("queue.") && !key.starts_with("linger") {

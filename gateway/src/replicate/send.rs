@@ -40,13 +40,14 @@ impl Bucket {
         }
     }
 
-    /// Whether sending may go on (the balance may run into debt by one record).
-    fn ready(&mut self) -> bool {
+    /// Bytes that may be sent now (0: wait). A read may overshoot by one
+    /// record; the debt is paid before the next.
+    fn allowance(&mut self) -> u64 {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.tokens > 0.0
+        self.tokens.max(0.0) as u64
     }
 
     fn take(&mut self, bytes: u64) {
@@ -70,12 +71,14 @@ pub fn fill_stream(
         if stream.in_flight_records() >= window.max_records || window.bytes >= window.max_bytes {
             return Ok(moved);
         }
+        let mut want = (window.max_bytes - window.bytes).min(READ_BYTES as u64);
         if let Some(b) = bucket.as_deref_mut() {
-            if !b.ready() {
-                return Ok(moved);
+            match b.allowance() {
+                0 => return Ok(moved),
+                allowed => want = want.min(allowed),
             }
         }
-        let want = (window.max_bytes - window.bytes).min(READ_BYTES as u64) as usize;
+        let want = want as usize;
         let records = match log.read(
             &stream.topic,
             stream.partition,

@@ -54,7 +54,7 @@ pub fn read_tails(
         return Ok(found);
     }
     consumer.assign(&tpl).map_err(|e| tail_err(-1, e))?;
-    let deadline = Instant::now() + timeout.max(Duration::from_secs(5)) * 2;
+    let deadline = Instant::now() + (timeout * 2).max(Duration::from_secs(60));
     let result = poll_until_ends(consumer, &mut ends, gateway_id, &mut found, deadline);
     let _ = consumer.unassign();
     result.map_err(|e| tail_err(ends.keys().next().copied().unwrap_or(-1), e))?;
