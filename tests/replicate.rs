@@ -39,6 +39,9 @@ fsync = "never"
 [mqtt]
 listen = "127.0.0.1:0"
 
+[http]
+listen = "127.0.0.1:0"
+
 [[mqtt.routes]]
 filter = "devices/+/temp"
 topic = "ingest"

@@ -205,6 +205,9 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut observed = Observed::new(log.clone());
     observed.mqtt = mqtt.as_ref().map(|m| m.stats.clone());
     observed.serial = Some(serial.stats.clone());
+    if let Some(replicator) = &replicator {
+        observed.sources.push(Arc::new(replicator.observer()));
+    }
     let observed = Arc::new(observed);
     let http = runtime.block_on(start_http(&config, observed.clone()))?;
     announce_ready(mqtt.as_ref(), http.as_ref(), &observed);

@@ -108,6 +108,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod observe;
 mod runner;
 mod send;
 pub mod status;
@@ -194,6 +195,13 @@ impl Replicator {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The replicator's source of metrics and status for the HTTP endpoint.
+    pub fn observer(&self) -> observe::Observer {
+        observe::Observer {
+            status: self.status.clone(),
+        }
     }
 
     /// Stops after a short drain of in-flight records; persists the cursors.
