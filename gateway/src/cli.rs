@@ -119,6 +119,8 @@ enum BenchCommand {
     Serial(crate::bench::serial::SerialBenchArgs),
     /// Time to open a large log: after a clean stop, and after a crash with a torn tail.
     Open(crate::bench::open::OpenArgs),
+    /// Drain of 1M records to a Kafka-API broker, against confluent-kafka's producer.
+    Replicate(crate::bench::replicate::ReplicateBenchArgs),
     /// MQTT load (N clients x M messages): Tidewell (fsync always) against Mosquitto, or any broker.
     #[cfg(feature = "bench-mqtt")]
     Mqtt(crate::bench::mqtt::BenchArgs),
@@ -172,6 +174,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Open(args)) => {
             crate::bench::open::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Replicate(args)) => {
+            crate::bench::replicate::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Log(args)) => {
             crate::bench::log::run(&args).map(|()| ExitCode::SUCCESS)

@@ -5,4 +5,5 @@ pub mod log;
 #[cfg(feature = "bench-mqtt")]
 pub mod mqtt;
 pub mod open;
+pub mod replicate;
 pub mod serial;
