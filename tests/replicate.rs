@@ -270,3 +270,61 @@ fn replicated(data_dir: &Path) -> u64 {
                 .sum()
         })
 }
+
+#[test]
+fn quota_drops_only_the_oldest_and_replication_reports_the_gap() {
+    let (dir, mut broker) = setup();
+    let quota = "retention_bytes = 65536\nmax_segment_bytes = 16384\nwhen_full = \"drop_oldest\"\n";
+    let gateway = Gateway::start(dir.path(), &config(dir.path(), &broker, quota, ""));
+    let data_dir = support::data_dir(dir.path());
+    broker.stop();
+    publish(gateway.port(), "d0", 0..3000);
+    let dropped = |s: &serde_json::Value| -> u64 {
+        s["partitions"].as_array().map_or(0, |ps| {
+            ps.iter()
+                .map(|p| p["dropped_records"].as_u64().unwrap_or(0))
+                .sum()
+        })
+    };
+    let recorded = wait_until(Duration::from_secs(30), || {
+        status(&data_dir).is_some_and(|s| dropped(&s) > 0)
+    });
+    assert!(recorded, "no drop recorded: {:#?}", status(&data_dir));
+
+    broker.restart();
+    wait_drained(&gateway, &data_dir, 3000, Duration::from_secs(120));
+    let s = status(&data_dir).unwrap();
+    let dropped = dropped(&s);
+    let part = s["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["dropped_records"].as_u64() > Some(0))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        part["counters"]["gap_records"].as_u64(),
+        Some(dropped),
+        "the replicator reports the gap"
+    );
+    let gaps = part["gaps"].as_array().unwrap();
+    assert_eq!(gaps[0][0], 0, "the oldest records went first: {gaps:?}");
+    assert!(gateway.stderr_contains("before they were replicated"));
+
+    // Upstream holds exactly the records that were kept: the newest, in order.
+    let records = consume_all(&broker.bootstrap(), REMOTE, PARTITIONS as i32);
+    let (keys, duplicates) = by_key(&records);
+    assert_eq!(duplicates, 0);
+    let seqs = &keys["d0"];
+    let first = dropped as usize;
+    assert!(first > 0 && first < 3000);
+    let kept: Vec<usize> = (first..3000).collect();
+    assert!(
+        *seqs == kept,
+        "kept records upstream: {:?}..{:?} ({})",
+        seqs.first(),
+        seqs.last(),
+        seqs.len()
+    );
+    gateway.stop();
+}
