@@ -18,6 +18,7 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 /// A tansu broker. Killed on drop; its SQLite file stays in `dir`.
 pub struct Broker {
+    pub host: String,
     pub port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
@@ -44,7 +45,13 @@ fn tansu() -> String {
 impl Broker {
     /// Starts tansu in `dir` (its working directory: no `.env` there).
     pub fn start(dir: &Path) -> Broker {
+        Broker::start_on(dir, "127.0.0.1")
+    }
+
+    /// Starts tansu listening on `host` (an address of this machine).
+    pub fn start_on(dir: &Path, host: &str) -> Broker {
         let mut broker = Broker {
+            host: host.to_string(),
             port: free_port(),
             dir: dir.to_path_buf(),
             child: None,
@@ -54,13 +61,13 @@ impl Broker {
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// Starts it again on the same port and storage.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "broker already running");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let url = format!("tcp://{}", self.bootstrap());
         let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
         let child = Command::new(tansu())
             .args([
@@ -110,7 +117,7 @@ impl Broker {
                 "--partitions",
                 &partitions.to_string(),
             ])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args(["--broker", &format!("tcp://{}", self.bootstrap())])
             .current_dir(&self.dir)
             .output()
             .unwrap();

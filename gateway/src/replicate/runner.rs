@@ -90,8 +90,8 @@ impl Runner {
         }
     }
 
-    /// A new producer, the remote partition counts, and what the remote
-    /// tails already hold.
+    /// A new producer, once the remote partition counts and what the
+    /// remote tails already hold are known.
     fn connect(&mut self) -> Result<Producer, UpstreamError> {
         let producer = client::producer(
             &self.config,
@@ -99,7 +99,21 @@ impl Runner {
             self.tx.clone(),
             self.session,
         )?;
-        let consumer = client::tail_consumer(&self.config, &self.gateway_id)?;
+        match self.prepare(&producer) {
+            Ok(()) => Ok(producer),
+            Err(e) => {
+                reap(producer);
+                Err(e)
+            }
+        }
+    }
+
+    fn prepare(&mut self, producer: &Producer) -> Result<(), UpstreamError> {
+        let consumer = Reaped(Some(client::tail_consumer(&self.config, &self.gateway_id)?));
+        // Set just above; taken only by Drop.
+        let Some(consumer) = consumer.0.as_ref() else {
+            return Ok(());
+        };
         let timeout = Duration::from_millis(self.config.request_timeout_ms.max(1000));
         let mut remotes: Vec<String> = self
             .streams
@@ -109,7 +123,7 @@ impl Runner {
         remotes.sort();
         remotes.dedup();
         for remote in &remotes {
-            let count = remote_partitions(&producer, remote, timeout)?;
+            let count = remote_partitions(producer, remote, timeout)?;
             let mut read = Vec::new();
             for s in self
                 .streams
@@ -136,7 +150,7 @@ impl Runner {
             read.dedup();
             let depth = self.config.dedupe_tail_records;
             let found =
-                tail::read_tails(&consumer, remote, &read, &self.gateway_id, depth, timeout)?;
+                tail::read_tails(consumer, remote, &read, &self.gateway_id, depth, timeout)?;
             for s in self
                 .streams
                 .iter_mut()
@@ -147,7 +161,7 @@ impl Runner {
                 }
             }
         }
-        Ok(producer)
+        Ok(())
     }
 
     /// Sends what the windows allow; returns whether anything moved.
@@ -294,8 +308,11 @@ impl Runner {
     /// rewinds every stream to its cursor and schedules the next attempt.
     fn teardown(&mut self, e: UpstreamError) {
         if let Some(producer) = self.producer.take() {
-            drop(producer);
+            reap(producer);
         }
+        // Every later report of the ended session is stale: one failure
+        // ends a session once.
+        self.session += 1;
         // Reports the old producer made while it was purged: late acks
         // count, failures of the old session are ignored.
         while let Ok(event) = self.rx.try_recv() {
@@ -409,6 +426,31 @@ impl Runner {
         self.producer = None;
         self.upstream.set(UpstreamState::Stopped, now_ms());
         self.publish_status();
+    }
+}
+
+/// Drops a librdkafka client on a thread of its own: destroying it waits
+/// for its broker threads, which can take a socket timeout on a dead link,
+/// and the replicator must keep serving the log and the status meanwhile.
+/// Its last delivery reports still arrive: late acknowledgements count (as
+/// "upstream"), failures of an ended session are ignored.
+fn reap<T: Send + 'static>(client: T) {
+    let spawned = std::thread::Builder::new()
+        .name("replicate-reap".into())
+        .spawn(move || drop(client));
+    if let Err(e) = spawned {
+        tracing::warn!("no thread to drop an old Kafka client ({e}); it is leaked");
+    }
+}
+
+/// Reaps the tail consumer when `prepare` returns, on success or error.
+struct Reaped(Option<rdkafka::consumer::BaseConsumer>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            reap(consumer);
+        }
     }
 }
 

@@ -1,0 +1,230 @@
+//! A network partition without stopping the broker: the gateway runs in its
+//! own network namespace, joined to the host (where tansu listens) by a veth
+//! pair. The link is cut for longer than the request timeout while records
+//! keep arriving, then restored: replication resumes by itself, nothing is
+//! lost, nothing is duplicated. Needs root (CAP_NET_ADMIN) and `ip`.
+
+#[path = "mqtt_support/mod.rs"]
+mod support;
+
+#[path = "replicate_support/mod.rs"]
+mod upstream;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use upstream::{by_key, consume_all, drained, status, wait_until, Broker};
+
+const REMOTE: &str = "gw-netns.ingest";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The namespace and veth pair; removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let id = std::process::id() % 10_000;
+        let (name, host_if, ns_if) = (format!("tw{id}"), format!("twh{id}"), format!("twn{id}"));
+        let net = format!("10.{}.{}", 200 + id % 50, id % 250);
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{net}.1/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        let exec = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", name.as_str()];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        exec(&["ip", "addr", "add", &format!("{net}.2/30"), "dev", &ns_if]);
+        exec(&["ip", "link", "set", &ns_if, "up"]);
+        exec(&["ip", "link", "set", "lo", "up"]);
+        Netns {
+            name,
+            host_if,
+            host_ip: format!("{net}.1"),
+        }
+    }
+
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// `tidewell run` inside the namespace; returns it and its MQTT port.
+fn start_gateway(
+    ns: &Netns,
+    config_path: &std::path::Path,
+) -> (Child, u16, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, support::BIN, "run", "--config"])
+        .arg(config_path)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let pipe = child.stderr.take().unwrap();
+    let keep = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("mqtt="))
+            {
+                let _ = tx.send(addr.rsplit(':').next().unwrap().parse::<u16>().unwrap());
+            }
+            keep.lock().unwrap().push(line);
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("gateway ready line");
+    (child, port, lines)
+}
+
+/// Publishes `device:seq` lines with mosquitto_pub inside the namespace.
+fn publish(ns: &Netns, port: u16, device: &str, seqs: std::ops::Range<usize>) {
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args(["-p", &port.to_string(), "-q", "1", "-i", device, "-l"])
+        .args(["-t", &format!("devices/{device}/temp")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut stdin = child.stdin.take().unwrap();
+    for seq in seqs {
+        writeln!(stdin, "{device}:{seq}").unwrap();
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself() {
+    support::require_mosquitto_clients();
+    let ns = Netns::create();
+    let dir = support::temp_dir();
+    let broker_dir = dir.path().join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let broker = Broker::start_on(&broker_dir, &ns.host_ip);
+    broker.create_topic(REMOTE, 1);
+    let config = format!(
+        r#"{}
+gateway_id = "gw-netns"
+
+[topics.ingest]
+partitions = 1
+fsync = "never"
+
+[mqtt]
+listen = "127.0.0.1:0"
+
+[[mqtt.routes]]
+filter = "devices/+/temp"
+topic = "ingest"
+key = "segment:1"
+
+[http]
+listen = "127.0.0.1:0"
+
+[upstream]
+bootstrap_servers = "{}"
+message_timeout_ms = 4000
+request_timeout_ms = 3000
+backoff_initial_ms = 200
+backoff_max_ms = 2000
+checkpoint_interval_ms = 200
+dedupe_tail_records = 5000
+"#,
+        support::data_dir_line(dir.path()),
+        broker.bootstrap()
+    );
+    let config_path = dir.path().join("tidewell.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let data_dir = support::data_dir(dir.path());
+    let (mut gateway, port, stderr) = start_gateway(&ns, &config_path);
+
+    publish(&ns, port, "d0", 0..500);
+    assert!(
+        wait_until(Duration::from_secs(60), || drained(&data_dir, 500)),
+        "first drain: {:#?}",
+        status(&data_dir)
+    );
+
+    ns.link(false);
+    publish(&ns, port, "d0", 500..2500);
+    // Past the request timeout, with the link still down, the uplink is reported dead.
+    let noticed = wait_until(Duration::from_secs(30), || {
+        status(&data_dir).is_some_and(|s| {
+            s["upstream"]["state"] != "connected" && s["upstream"]["last_error"].is_string()
+        })
+    });
+    assert!(
+        noticed,
+        "dead link not noticed: {:#?}\n{}",
+        status(&data_dir),
+        stderr.lock().unwrap().join("\n")
+    );
+    ns.link(true);
+
+    let resumed = wait_until(Duration::from_secs(90), || drained(&data_dir, 2500));
+    assert!(
+        resumed,
+        "no resume: {:#?}\n{}",
+        status(&data_dir),
+        stderr.lock().unwrap().join("\n")
+    );
+    let records = consume_all(&broker.bootstrap(), REMOTE, 1);
+    let (keys, duplicates) = by_key(&records);
+    assert_eq!(
+        keys["d0"],
+        (0..2500).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+    assert_eq!(duplicates, 0);
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}
