@@ -2,7 +2,7 @@
 //! checkpoints and status.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -218,10 +218,7 @@ impl Runner {
         let first = if timeout.is_zero() {
             self.rx.try_recv().ok()
         } else {
-            match self.rx.recv_timeout(timeout) {
-                Ok(event) => Some(event),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            }
+            self.rx.recv_timeout(timeout).ok()
         };
         let Some(first) = first else {
             return;
