@@ -83,6 +83,16 @@ impl Drop for Netns {
     }
 }
 
+/// Kills the gateway when the test ends, also when it fails.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `tidewell run` inside the namespace; returns it and its MQTT port.
 fn start_gateway(
     ns: &Netns,
@@ -185,7 +195,8 @@ dedupe_tail_records = 5000
     let config_path = dir.path().join("tidewell.toml");
     std::fs::write(&config_path, config).unwrap();
     let data_dir = support::data_dir(dir.path());
-    let (mut gateway, port, stderr) = start_gateway(&ns, &config_path);
+    let (gateway, port, stderr) = start_gateway(&ns, &config_path);
+    let _gateway = KillOnDrop(gateway);
 
     publish(&ns, port, "d0", 0..500);
     assert!(
@@ -225,6 +236,4 @@ dedupe_tail_records = 5000
         "every record once, in order"
     );
     assert_eq!(duplicates, 0);
-    let _ = gateway.kill();
-    let _ = gateway.wait();
 }
