@@ -74,7 +74,12 @@
 //!   sent again, and before the first send the new session reads the tail
 //!   of every remote partition it writes to (`dedupe_tail_records` records
 //!   each) and skips records whose `tidewell.*` headers are already there.
-//!   Nothing is ever skipped without proof that it is upstream.
+//!   Nothing is ever skipped without proof that it is upstream. One cost:
+//!   when librdkafka fails record N (message timeout) after it delivered
+//!   N+1, N is sent again in the next session and lands after N+1 in its
+//!   remote partition; consumers that need strict order sort by
+//!   `tidewell.offset`. With `message_timeout_ms = 0` librdkafka never
+//!   gives up on a record and this cannot happen.
 //! - A crash or power cut: at start-up the cursor is the persisted one (up
 //!   to `checkpoint_interval_ms` old); the same tail read finds the records
 //!   that were acknowledged after it, or were written but not yet
