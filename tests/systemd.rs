@@ -85,7 +85,7 @@ fn ready_and_watchdog_arrive_on_the_notify_socket_and_stopping_on_sigterm() {
         .spawn()
         .unwrap();
     let mut seen: Vec<String> = Vec::new();
-    let mut receive_until = |what: &str, seen: &mut Vec<String>| {
+    let receive_until = |what: &str, seen: &mut Vec<String>| {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !seen.iter().any(|m| m.lines().any(|l| l == what)) {
             assert!(

@@ -228,6 +228,7 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     if let Some(replicator) = replicator {
         replicator.stop();
     }
+    drop(observed); // the endpoint's view of the log; its tasks are gone with the runtime
     match Arc::try_unwrap(log) {
         Ok(log) => log.close(),
         // A task still holds it; dropping the last handle closes it the same way.
