@@ -214,7 +214,7 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         observed.sources.push(Arc::new(replicator.observer()));
     }
     let observed = Arc::new(observed);
-    let http = runtime.block_on(start_http(&config, observed.clone()))?;
+    let http = runtime.block_on(start_http(&config, observed.clone()));
     announce_ready(mqtt.as_ref(), http.as_ref(), &observed);
     let _watchdog = crate::systemd::watchdog_interval()
         .map(|every| runtime.spawn(watchdog(every, observed.clone())));
@@ -265,17 +265,19 @@ async fn start_mqtt(
     Ok(Some(crate::mqtt::start(&config.mqtt, log.clone()).await?))
 }
 
-async fn start_http(
-    config: &Config,
-    observed: Arc<Observed>,
-) -> anyhow::Result<Option<HttpServer>> {
+/// Starts the observability endpoint. It is never a reason to stop
+/// ingesting: if its address is taken, the gateway runs without it and says so.
+async fn start_http(config: &Config, observed: Arc<Observed>) -> Option<HttpServer> {
     if !config.http.enabled {
-        return Ok(None);
+        return None;
     }
-    let server = crate::http::start(&config.http, observed)
-        .await
-        .with_context(|| format!("listening for HTTP on {}", config.http.listen))?;
-    Ok(Some(server))
+    match crate::http::start(&config.http, observed).await {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::error!(listen = %config.http.listen, "HTTP endpoint off: cannot listen: {e}");
+            None
+        }
+    }
 }
 
 /// Marks the gateway ready: `/readyz` answers 200, systemd gets `READY=1`,

@@ -356,6 +356,7 @@ pub fn by_key(records: &[Upstream]) -> (BTreeMap<String, Vec<usize>>, usize) {
     for r in &sorted {
         if !seen.insert(r.origin()) {
             duplicates += 1;
+            continue; // keys list first occurrences; duplicates are counted
         }
         let value = String::from_utf8_lossy(&r.value).to_string();
         let (device, seq) = value.split_once(':').unwrap();

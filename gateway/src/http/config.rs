@@ -14,7 +14,9 @@ use serde::Deserialize;
 pub struct HttpConfig {
     /// Set to false to run without the endpoint.
     pub enabled: bool,
-    /// Loopback by default: the endpoint has no authentication.
+    /// Loopback by default: the endpoint has no authentication. If the
+    /// address is taken the gateway logs an error and runs without the
+    /// endpoint: observability never stops ingest.
     pub listen: SocketAddr,
 }
 
