@@ -10,6 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
 
 struct Gateway {
     child: Child,
+    /// Empty when the endpoint is off.
     http: String,
     mqtt: String,
 }
@@ -22,11 +23,15 @@ impl Drop for Gateway {
 }
 
 fn start(dir: &std::path::Path) -> Gateway {
+    start_with_http(dir, "127.0.0.1:0")
+}
+
+fn start_with_http(dir: &std::path::Path, http: &str) -> Gateway {
     let config = dir.join("tidewell.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[topics.ingest]\nretention_bytes = 100000000\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            "data_dir = \"{}\"\n[topics.ingest]\nretention_bytes = 100000000\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"{http}\"\n",
             dir.join("data").display()
         ),
     )
@@ -57,7 +62,7 @@ fn start(dir: &std::path::Path) -> Gateway {
         ready
             .split_whitespace()
             .find_map(|w| w.strip_prefix(name))
-            .unwrap()
+            .unwrap_or_default()
             .to_string()
     };
     Gateway {
@@ -145,6 +150,8 @@ fn metrics_pass_promtool_and_count_what_was_ingested() {
         "tidewell_partition_end_offset{topic=\"ingest\",partition=\"0\"} 5",
         "tidewell_topic_quota_bytes{topic=\"ingest\"} 100000000",
         "tidewell_mqtt_publishes_appended_total 5",
+        "tidewell_ingest_records_total{source=\"mqtt\"} 5",
+        "tidewell_ingest_bytes_total{source=\"mqtt\"} 45",
         "tidewell_log_fsync_duration_seconds_count",
         "tidewell_ready 1",
     ] {
@@ -210,4 +217,13 @@ fn status_names_the_address_when_no_gateway_answers() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+}
+
+#[test]
+fn a_taken_http_port_leaves_the_endpoint_off_and_ingest_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw = start_with_http(dir.path(), &taken.local_addr().unwrap().to_string());
+    assert!(gw.http.is_empty(), "no endpoint in the ready line");
+    publish(&gw.mqtt, "devices/dev1/telemetry", 1);
 }

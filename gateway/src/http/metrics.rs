@@ -86,6 +86,7 @@ pub fn render(observed: &Observed) -> String {
         observed.started.elapsed().as_secs_f64(),
     );
     log_metrics(&mut w, observed);
+    ingest_metrics(&mut w, observed);
     if let Some(mqtt) = &observed.mqtt {
         mqtt_metrics(&mut w, mqtt);
     }
@@ -266,6 +267,34 @@ fn emit(
 ) {
     let borrowed: Vec<(Labels, f64)> = samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
     w.family(name, kind, help, &borrowed);
+}
+
+/// Records and bytes durably ingested, by source (per topic: `tidewell_topic_*`).
+fn ingest_metrics(w: &mut Writer, observed: &Observed) {
+    let mut records = Vec::new();
+    let mut bytes = Vec::new();
+    if let Some(m) = &observed.mqtt {
+        records.push((vec![("source", "mqtt")], get(&m.publishes_appended) as f64));
+        bytes.push((vec![("source", "mqtt")], get(&m.bytes_appended) as f64));
+    }
+    if let Some(s) = &observed.serial {
+        records.push((vec![("source", "serial")], get(&s.readings_appended) as f64));
+        bytes.push((vec![("source", "serial")], get(&s.bytes_appended) as f64));
+    }
+    emit(
+        w,
+        "tidewell_ingest_records_total",
+        "counter",
+        "Records durably appended, by source.",
+        records,
+    );
+    emit(
+        w,
+        "tidewell_ingest_bytes_total",
+        "counter",
+        "Payload bytes durably appended, by source.",
+        bytes,
+    );
 }
 
 fn mqtt_metrics(w: &mut Writer, m: &crate::mqtt::stats::MqttStats) {

@@ -18,6 +18,8 @@ pub struct MqttStats {
     /// Publishes acknowledged after their durable append (QoS 1 and 2), or
     /// appended (QoS 0).
     pub publishes_appended: AtomicU64,
+    /// Payload bytes of the publishes counted in `publishes_appended`.
+    pub bytes_appended: AtomicU64,
     /// QoS 2 re-sends of a packet id still awaiting PUBREL: not appended again.
     pub qos2_duplicates: AtomicU64,
     pub refused_not_authorized: AtomicU64,

@@ -234,6 +234,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         let reason = match &result {
             Ok(_) => {
                 MqttStats::inc(&stats.publishes_appended);
+                MqttStats::add(&stats.bytes_appended, payload.len() as u64);
                 if self.shared.hub.receiver_count() > 0 {
                     let live = Live {
                         topic,

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::records::{self, DeviceClock};
 use super::{AbortOnDrop, PortCtx};
-use crate::log::{now_ms, AppendTicket, Partition};
+use crate::log::{now_ms, AppendTicket, Partition, Record};
 
 /// Batches appended but not yet acknowledged, per port.
 const ACK_QUEUE: usize = 64;
@@ -34,6 +34,7 @@ enum PendingAck {
         epoch: u32,
         seq: u32,
         readings: u64,
+        bytes: u64,
     },
 }
 
@@ -160,6 +161,7 @@ impl Link {
         }
         let records = records::to_records(device, &self.ctx.name, batch, self.clock, arrival);
         let readings = records.len() as u64;
+        let bytes = records.iter().map(Record::payload_len).sum::<usize>() as u64;
         let partition = Partition(crc32c::crc32c(device.as_bytes()) % self.ctx.partitions);
         match self
             .ctx
@@ -173,6 +175,7 @@ impl Link {
                     epoch,
                     seq,
                     readings,
+                    bytes,
                 };
                 let _ = self.acks.send(pending).await;
             }
@@ -213,7 +216,12 @@ async fn acknowledge_in_order(
                 epoch,
                 seq,
                 readings,
-            } => (epoch, seq, ticket.await.map(|_| Some((device, readings)))),
+                bytes,
+            } => (
+                epoch,
+                seq,
+                ticket.await.map(|_| Some((device, readings, bytes))),
+            ),
         };
         let behind_hole = hole.is_some_and(|(e, s)| e == epoch && seq > s);
         let reply = match durable {
@@ -233,7 +241,8 @@ async fn acknowledge_in_order(
             }
             Ok(_) if behind_hole => continue,
             Ok(appended) => {
-                if let Some((device, readings)) = appended {
+                if let Some((device, readings, bytes)) = appended {
+                    ctx.stats.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
                     ctx.delivered.note(&device, epoch, seq);
                     ctx.stats.batches_appended.fetch_add(1, Ordering::Relaxed);
                     ctx.stats

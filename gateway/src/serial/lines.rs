@@ -20,7 +20,7 @@ pub async fn run<S: AsyncRead + Send + 'static>(
     ctx: Arc<PortCtx>,
 ) -> std::io::Result<()> {
     let mut reader = Box::pin(stream);
-    let (tx, rx) = mpsc::channel::<AppendTicket>(256);
+    let (tx, rx) = mpsc::channel::<(AppendTicket, u64)>(256);
     let waiter = tokio::spawn(await_appends(rx, ctx.clone()));
     let _abort = AbortOnDrop(vec![waiter.abort_handle()]);
     let mut splitter = LineSplitter::new(ctx.config.max_line_bytes);
@@ -42,7 +42,7 @@ pub async fn run<S: AsyncRead + Send + 'static>(
     }
 }
 
-async fn append_line(ctx: &PortCtx, line: Vec<u8>, tx: &mpsc::Sender<AppendTicket>) {
+async fn append_line(ctx: &PortCtx, line: Vec<u8>, tx: &mpsc::Sender<(AppendTicket, u64)>) {
     let key = Bytes::from(ctx.name.clone());
     let record = Record {
         timestamp_ms: now_ms(),
@@ -50,10 +50,11 @@ async fn append_line(ctx: &PortCtx, line: Vec<u8>, tx: &mpsc::Sender<AppendTicke
         value: Bytes::from(line),
         headers: vec![(H_PORT.into(), key)],
     };
+    let bytes = record.payload_len() as u64;
     let partition = Partition(crc32c::crc32c(ctx.name.as_bytes()) % ctx.partitions);
     match ctx.log.append(&ctx.config.topic, partition, vec![record]) {
         Ok(ticket) => {
-            let _ = tx.send(ticket).await;
+            let _ = tx.send((ticket, bytes)).await;
         }
         Err(e) => {
             ctx.stats.append_failures.fetch_add(1, Ordering::Relaxed);
@@ -62,11 +63,12 @@ async fn append_line(ctx: &PortCtx, line: Vec<u8>, tx: &mpsc::Sender<AppendTicke
     }
 }
 
-async fn await_appends(mut rx: mpsc::Receiver<AppendTicket>, ctx: Arc<PortCtx>) {
-    while let Some(ticket) = rx.recv().await {
+async fn await_appends(mut rx: mpsc::Receiver<(AppendTicket, u64)>, ctx: Arc<PortCtx>) {
+    while let Some((ticket, bytes)) = rx.recv().await {
         match ticket.await {
             Ok(_) => {
                 ctx.stats.readings_appended.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
             }
             Err(e) => {
                 ctx.stats.append_failures.fetch_add(1, Ordering::Relaxed);

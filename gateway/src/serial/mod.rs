@@ -37,6 +37,8 @@ pub struct SerialStats {
     pub bad_frames: AtomicU64,
     pub batches_appended: AtomicU64,
     pub readings_appended: AtomicU64,
+    /// Bytes of the records counted in `readings_appended` (values, keys, headers).
+    pub bytes_appended: AtomicU64,
     pub duplicate_batches: AtomicU64,
     pub append_failures: AtomicU64,
     pub long_lines: AtomicU64,
