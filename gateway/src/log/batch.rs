@@ -1,5 +1,7 @@
 //! The record batch codec. The byte layout is described in `log/mod.rs`.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use thiserror::Error;
 
@@ -158,7 +160,7 @@ pub fn encode(
     records: &[Record],
     compression: Compression,
     out: &mut Vec<u8>,
-) -> Result<(), BatchError> {
+) -> Result<BatchHeader, BatchError> {
     if records.is_empty() {
         return Err(BatchError::BadCount(0));
     }
@@ -193,7 +195,16 @@ pub fn encode(
     out.extend_from_slice(&body);
     let crc = batch_crc(&out[start..]);
     out[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
+    Ok(BatchHeader {
+        base_offset: base_offset.0,
+        length: (total - LENGTH_FIELD_END) as u32,
+        crc,
+        compression,
+        record_count: records.len() as u32,
+        base_timestamp_ms: base_ts,
+        max_timestamp_ms: max_ts,
+        records_len: plain.len() as u32,
+    })
 }
 
 fn encode_record(offset_delta: u64, base_ts: i64, record: &Record, out: &mut Vec<u8>) {
@@ -218,13 +229,14 @@ fn encode_record(offset_delta: u64, base_ts: i64, record: &Record, out: &mut Vec
     }
 }
 
-fn compress(compression: Compression, plain: &[u8]) -> Result<Vec<u8>, BatchError> {
+/// The record section as stored: borrowed when uncompressed (no copy).
+fn compress(compression: Compression, plain: &[u8]) -> Result<Cow<'_, [u8]>, BatchError> {
     match compression {
-        Compression::None => Ok(plain.to_vec()),
-        Compression::Lz4 => Ok(lz4_flex::block::compress(plain)),
-        Compression::Zstd => {
-            zstd::bulk::compress(plain, 3).map_err(|e| BatchError::Decompress(e.to_string()))
-        }
+        Compression::None => Ok(Cow::Borrowed(plain)),
+        Compression::Lz4 => Ok(Cow::Owned(lz4_flex::block::compress(plain))),
+        Compression::Zstd => zstd::bulk::compress(plain, 3)
+            .map(Cow::Owned)
+            .map_err(|e| BatchError::Decompress(e.to_string())),
     }
 }
 
@@ -251,9 +263,18 @@ fn decompress(header: &BatchHeader, body: &[u8]) -> Result<Vec<u8>, BatchError> 
 pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<StoredRecord>), BatchError> {
     let header = BatchHeader::parse(bytes)?;
     header.verify_crc(bytes)?;
-    let plain = decompress(&header, &bytes[HEADER_LEN..header.total_len() as usize])?;
-    let records = decode_records(&header, &Bytes::from(plain))?;
+    let records = decode_verified(&header, bytes)?;
     Ok((header, records))
+}
+
+/// Decodes the records of a whole batch whose header was parsed and whose
+/// CRC was checked already (as `segment::read_batch_from` does).
+pub fn decode_verified(
+    header: &BatchHeader,
+    bytes: &[u8],
+) -> Result<Vec<StoredRecord>, BatchError> {
+    let plain = decompress(header, &bytes[HEADER_LEN..header.total_len() as usize])?;
+    decode_records(header, &Bytes::from(plain))
 }
 
 fn decode_records(header: &BatchHeader, plain: &Bytes) -> Result<Vec<StoredRecord>, BatchError> {

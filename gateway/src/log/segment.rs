@@ -309,9 +309,9 @@ fn read_exact(file: &dyn StorageFile, buf: &mut [u8], position: u64) -> Result<(
         })
 }
 
-/// Decodes a batch already checked by [`read_batch_from`].
+/// Decodes a batch already checked by [`read_batch_from`] (no second CRC pass).
 pub fn decode_raw(raw: &RawBatch) -> Result<Vec<super::types::StoredRecord>, BatchError> {
-    batch::decode(&raw.bytes).map(|(_, records)| records)
+    batch::decode_verified(&raw.header, &raw.bytes)
 }
 
 pub type SegmentRef = Arc<Segment>;

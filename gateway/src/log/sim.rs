@@ -88,13 +88,7 @@ impl Disk {
     }
 
     fn next_random(&mut self) -> u64 {
-        // xorshift64*: deterministic per seed, good enough for fault choices.
-        let mut x = self.rng.max(1);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        next(&mut self.rng)
     }
 }
 
@@ -194,6 +188,7 @@ fn survive(inode: &Inode, rng: &mut u64) -> Vec<u8> {
     data
 }
 
+/// xorshift64*: deterministic per seed, good enough for fault choices.
 fn next(rng: &mut u64) -> u64 {
     let mut x = (*rng).max(1);
     x ^= x >> 12;

@@ -161,14 +161,15 @@ fn verify_segment(
         report.batches += 1;
         report.bytes += batch.header.total_len();
     }
+    let starts: std::collections::HashSet<(u64, u64)> = scan
+        .batches
+        .iter()
+        .map(|b| (b.position, b.header.base_offset))
+        .collect();
     for entry in seg.index_entries() {
         let position = u64::from(entry.position);
         let offset = seg.base.0 + u64::from(entry.relative_offset);
-        if !scan
-            .batches
-            .iter()
-            .any(|b| b.position == position && b.header.base_offset == offset)
-        {
+        if !starts.contains(&(position, offset)) {
             let what = format!(
                 "index entry (offset {offset}, byte {position}) does not point at a batch start"
             );

@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::batch::{self, BatchHeader};
+use super::batch;
 use super::config::FsyncPolicy;
 use super::error::{AppendError, StorageContext, StorageError};
 use super::partition::PartitionLog;
@@ -263,16 +263,11 @@ impl Writer {
         records: &[Record],
     ) -> Result<SegmentRef, StorageError> {
         self.buf.clear();
-        batch::encode(base, records, topic.config.compression, &mut self.buf).map_err(|e| {
-            StorageError {
+        let header = batch::encode(base, records, topic.config.compression, &mut self.buf)
+            .map_err(|e| StorageError {
                 path: part.dir.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
-            }
-        })?;
-        let header = BatchHeader::parse(&self.buf).map_err(|e| StorageError {
-            path: part.dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+            })?;
         let seg = self.segment_for(
             topic,
             part,
