@@ -45,7 +45,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     ctx: Arc<PortCtx>,
 ) -> std::io::Result<()> {
-    let (mut reader, writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
     let (out_tx, out_rx) = mpsc::channel::<Message>(ACK_QUEUE);
     let (ack_tx, ack_rx) = mpsc::channel::<PendingAck>(ACK_QUEUE);
     let session: Session = Arc::default();
@@ -56,16 +56,28 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         out_tx.clone(),
         ctx.clone(),
     ));
-    let _guard = AbortOnDrop(vec![write_task.abort_handle(), ack_task.abort_handle()]);
+    let writer_guard = AbortOnDrop(vec![write_task.abort_handle()]);
     // After a gateway restart the device may not know we lost our state.
     let _ = out_tx.send(Message::HelloRequest).await;
-    let mut link = Link {
+    let link = Link {
         ctx,
         session,
         out: out_tx,
         acks: ack_tx,
         clock: DeviceClock::default(),
     };
+    let result = serve(reader, link).await;
+    drop(writer_guard); // nothing more reaches the port; replies now fail fast
+                        // The link is gone (its senders dropped with it). Batches already
+                        // appended must still be recorded as delivered once durable, or the
+                        // device's retransmission after a replug would be appended twice: let
+                        // the acknowledger drain its queue before the next connection starts.
+    let _ = ack_task.await;
+    result
+}
+
+/// Reads and handles frames until the port fails.
+async fn serve<R: AsyncRead + Unpin>(mut reader: R, mut link: Link) -> std::io::Result<()> {
     let mut decoder = FrameDecoder::<MAX_RAW_FRAME_LEN>::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -258,9 +270,8 @@ async fn acknowledge_in_order(
                 )
             }
         };
-        if out.send(reply).await.is_err() {
-            return;
-        }
+        // With the port gone the reply is lost; go on recording deliveries.
+        let _ = out.send(reply).await;
     }
 }
 
