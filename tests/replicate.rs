@@ -328,3 +328,76 @@ fn quota_drops_only_the_oldest_and_replication_reports_the_gap() {
     );
     gateway.stop();
 }
+
+/// librdkafka raises a fatal idempotence error (the kind a fenced producer
+/// or an unknown producer id brings) every 400 acknowledgements: each time
+/// the producer is recreated and replication resumes from the cursor, with
+/// nothing skipped.
+#[test]
+fn fatal_producer_errors_recreate_the_producer_and_skip_nothing() {
+    let (dir, broker) = setup();
+    let cfg = config(dir.path(), &broker, "", "max_in_flight_records = 500\n");
+    let env = [("TIDEWELL_FAULT_FATAL_AFTER_ACKS", "400")];
+    let gateway = Gateway::start_with_env(dir.path(), &cfg, &env);
+    let data_dir = support::data_dir(dir.path());
+    publish_devices(gateway.port(), 4, 0..1000);
+    wait_drained(&gateway, &data_dir, 4000, Duration::from_secs(120));
+
+    let s = status(&data_dir).unwrap();
+    let sessions = s["upstream"]["sessions"].as_u64().unwrap();
+    assert!(
+        sessions >= 3,
+        "producer recreated: {s:#?}\n{}",
+        gateway.stderr.lock().unwrap().join("\n")
+    );
+    assert!(
+        gateway.stderr_contains("fatal producer error"),
+        "the fatal error is logged"
+    );
+    let duplicates = assert_complete(&broker, 4, 1000);
+    eprintln!("fatal-error test: {sessions} sessions, {duplicates} duplicates upstream");
+    assert_eq!(duplicates, 0, "duplicates after {sessions} sessions");
+    gateway.stop();
+}
+
+/// A remote topic that does not exist is an operator's mistake: it is
+/// logged as an error, counted, shown in the status, retried slowly, and
+/// replication starts by itself once the topic is created.
+#[test]
+fn a_missing_remote_topic_is_reported_and_retried_until_created() {
+    let dir = support::temp_dir();
+    let broker_dir = dir.path().join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let broker = Broker::start(&broker_dir);
+    let gateway = Gateway::start(dir.path(), &config(dir.path(), &broker, "", ""));
+    let data_dir = support::data_dir(dir.path());
+    publish_devices(gateway.port(), 2, 0..100);
+
+    let missing = |s: &serde_json::Value| s["upstream"]["missing_topic_errors"].as_u64();
+    let reported = wait_until(Duration::from_secs(30), || {
+        status(&data_dir).is_some_and(|s| missing(&s) >= Some(2))
+    });
+    let s = status(&data_dir).unwrap();
+    assert!(reported, "retried and counted: {s:#?}");
+    assert_eq!(s["upstream"]["state"], "backing_off");
+    let error = s["upstream"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains(REMOTE) && error.contains("does not exist"),
+        "{error}"
+    );
+    assert!(gateway.stderr_contains("ERROR"), "logged as an error");
+    let http = gateway.http_addr.expect("http address").to_string();
+    let metrics = tidewell::http::get(&http, "/metrics").unwrap();
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("tidewell_upstream_missing_topic_errors_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(counted >= Some(2.0), "metric: {counted:?}");
+    assert!(!drained(&data_dir, 200), "nothing replicated yet");
+
+    broker.create_topic(REMOTE, PARTITIONS);
+    wait_drained(&gateway, &data_dir, 200, Duration::from_secs(60));
+    assert_eq!(assert_complete(&broker, 2, 100), 0, "duplicates");
+    gateway.stop();
+}

@@ -18,6 +18,7 @@ pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
     /// Every line the gateway wrote on stderr so far.
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -26,11 +27,17 @@ impl Gateway {
     /// Starts `tidewell run --config <dir>/tidewell.toml` with `config` and
     /// waits (with a deadline) for its `ready` line.
     pub fn start(dir: &Path, config: &str) -> Gateway {
+        Gateway::start_with_env(dir, config, &[])
+    }
+
+    /// As [`Gateway::start`], with extra environment variables.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Gateway {
         let path = dir.join("tidewell.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&path)
+            .envs(env.iter().copied())
             .env("TIDEWELL_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -70,6 +77,7 @@ impl Gateway {
             child,
             addr: field("mqtt=").expect("mqtt address in the ready line"),
             tls_addr: field("mqtts="),
+            http_addr: field("http="),
             stderr,
         }
     }

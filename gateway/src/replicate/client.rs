@@ -182,6 +182,22 @@ pub fn producer(
         .map_err(|e| UpstreamError::Client(e.to_string()))
 }
 
+/// Raises a fatal idempotent-producer error inside librdkafka, as if the
+/// broker had fenced the producer: the fault campaign and the tests use it
+/// (through `TIDEWELL_FAULT_FATAL_AFTER_ACKS`) to exercise the rebuild.
+pub fn inject_fatal(producer: &Producer) {
+    let reason = c"injected by TIDEWELL_FAULT_FATAL_AFTER_ACKS";
+    // SAFETY: the handle is live for as long as `producer`, and librdkafka
+    // copies the reason string before returning.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            rdkafka::producer::Producer::client(producer).native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID,
+            reason.as_ptr(),
+        );
+    }
+}
+
 /// A consumer without group membership: it is only assigned partitions to
 /// read their tails, and never commits.
 pub fn tail_consumer(

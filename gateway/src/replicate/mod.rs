@@ -180,6 +180,8 @@ impl Replicator {
             last_checkpoint: Instant::now(),
             last_status: Instant::now(),
             next_first: 0,
+            fatal_after_acks: fault_fatal_after_acks(),
+            session_acks: 0,
             config,
         };
         let thread = std::thread::Builder::new()
@@ -226,6 +228,20 @@ impl Replicator {
 impl Drop for Replicator {
     fn drop(&mut self) {
         self.stop_thread();
+    }
+}
+
+/// `TIDEWELL_FAULT_FATAL_AFTER_ACKS=N`: every upstream session raises a
+/// fatal producer error after its Nth acknowledgement. For the tests and the
+/// fault campaign; unset in production.
+fn fault_fatal_after_acks() -> Option<u64> {
+    let n = std::env::var("TIDEWELL_FAULT_FATAL_AFTER_ACKS").ok()?;
+    match n.parse::<u64>() {
+        Ok(n) if n > 0 => {
+            tracing::warn!("fault injection on: a fatal producer error after {n} acks a session");
+            Some(n)
+        }
+        _ => None,
     }
 }
 

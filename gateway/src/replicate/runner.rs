@@ -47,6 +47,10 @@ pub struct Runner {
     pub last_status: Instant,
     /// Streams are served starting here, rotating, so none starves.
     pub next_first: usize,
+    /// Fault injection: a fatal producer error after this many
+    /// acknowledgements in every session.
+    pub fatal_after_acks: Option<u64>,
+    pub session_acks: u64,
 }
 
 impl Runner {
@@ -78,6 +82,7 @@ impl Runner {
         match self.connect() {
             Ok(producer) => {
                 self.producer = Some(producer);
+                self.session_acks = 0;
                 self.upstream.sessions += 1;
                 self.upstream.set(UpstreamState::Connected, now_ms());
                 tracing::info!(session = self.session, "upstream session ready");
@@ -254,6 +259,7 @@ impl Runner {
                 let freed = stream.acked(token.offset);
                 self.window.bytes = self.window.bytes.saturating_sub(freed);
                 self.failures = 0;
+                self.count_ack();
                 if self.upstream.state != UpstreamState::Connected {
                     tracing::info!("upstream reachable again");
                     self.upstream.set(UpstreamState::Connected, now_ms());
@@ -275,18 +281,34 @@ impl Runner {
         }
     }
 
+    /// Counts an acknowledgement of the current session and, when fault
+    /// injection asks for it, makes librdkafka raise a fatal error.
+    fn count_ack(&mut self) {
+        self.session_acks += 1;
+        if Some(self.session_acks) == self.fatal_after_acks {
+            if let Some(producer) = &self.producer {
+                tracing::warn!("fault injection: raising a fatal producer error");
+                client::inject_fatal(producer);
+            }
+        }
+    }
+
     fn client_error(&mut self, code: Option<RDKafkaErrorCode>, message: String) {
         let now = now_ms();
         self.upstream.error(message.clone(), now);
+        // librdkafka reports a fatal error through the error callback with
+        // either `Fatal` or the underlying code (UnknownProducerId, fencing,
+        // ...): ask the producer, which knows for sure.
+        let fatal = self
+            .producer
+            .as_ref()
+            .and_then(|p| p.client().fatal_error());
+        if fatal.is_some() || code == Some(RDKafkaErrorCode::Fatal) {
+            let detail = fatal.map_or(message, |(code, reason)| format!("{code:?}: {reason}"));
+            self.teardown(UpstreamError::Fatal(detail));
+            return;
+        }
         match code {
-            Some(RDKafkaErrorCode::Fatal) => {
-                let detail = self
-                    .producer
-                    .as_ref()
-                    .and_then(|p| p.client().fatal_error())
-                    .map_or(message, |(code, reason)| format!("{code:?}: {reason}"));
-                self.teardown(UpstreamError::Fatal(detail));
-            }
             Some(code) if is_authorization(code) => {
                 self.teardown(UpstreamError::Authorization(message))
             }
@@ -304,6 +326,7 @@ impl Runner {
     /// Ends the session: drops the producer (purging what it still holds),
     /// rewinds every stream to its cursor and schedules the next attempt.
     fn teardown(&mut self, e: UpstreamError) {
+        let e = self.explain_fatal(e);
         if let Some(producer) = self.producer.take() {
             reap(producer);
         }
@@ -320,6 +343,26 @@ impl Runner {
         }
         self.window.bytes = 0;
         self.schedule_retry(e);
+    }
+
+    /// A delivery or enqueue that failed with `Fatal` is the producer's
+    /// fatal error: report that, with librdkafka's reason.
+    fn explain_fatal(&self, e: UpstreamError) -> UpstreamError {
+        match e {
+            UpstreamError::Delivery {
+                code: RDKafkaErrorCode::Fatal,
+                ..
+            } => {
+                let fatal = self
+                    .producer
+                    .as_ref()
+                    .and_then(|p| p.client().fatal_error());
+                UpstreamError::Fatal(fatal.map_or(e.to_string(), |(code, reason)| {
+                    format!("{code:?}: {reason}")
+                }))
+            }
+            e => e,
+        }
     }
 
     fn schedule_retry(&mut self, e: UpstreamError) {
