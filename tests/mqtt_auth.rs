@@ -317,45 +317,11 @@ fn subscribers_get_durable_records_live_within_their_acl() {
     });
 }
 
-/// A CA, a server certificate for 127.0.0.1, and a client certificate.
-fn make_certs(dir: &Path) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Tidewell test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf = |names: Vec<String>, purpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![purpose];
-        (params.signed_by(&key, &ca, &ca_key).unwrap(), key)
-    };
-    let (server, server_key) = leaf(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client, client_key) = leaf(vec!["sensor-1".into()], ExtendedKeyUsagePurpose::ClientAuth);
-    for (name, pem) in [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server.pem()),
-        ("server.key", server_key.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client.key", client_key.serialize_pem()),
-    ] {
-        std::fs::write(dir.join(name), pem).unwrap();
-    }
-}
-
 #[test]
 fn tls_with_a_test_ca_requires_client_certificates() {
     support::require_mosquitto_clients();
     let dir = support::temp_dir();
-    make_certs(dir.path());
+    support::make_certs(dir.path());
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let ann = support::hash_password(PASSWORD);
     let dash = support::hash_password("dash-pw");

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use support::Gateway;
 use upstream::{
-    by_key, consume_all, consume_all_python, drained, publish, status, wait_until, Broker,
+    by_key, consume_all, consume_all_python, consume_all_with, drained, free_port, publish, status,
+    wait_until, Broker, TlsFront,
 };
 
 const GATEWAY_ID: &str = "gw-test";
@@ -399,5 +400,70 @@ fn a_missing_remote_topic_is_reported_and_retried_until_created() {
     broker.create_topic(REMOTE, PARTITIONS);
     wait_drained(&gateway, &data_dir, 200, Duration::from_secs(60));
     assert_eq!(assert_complete(&broker, 2, 100), 0, "duplicates");
+    gateway.stop();
+}
+
+/// SASL (SCRAM-SHA-512) over TLS, the way a central cluster is reached: a
+/// wrong password is an authorization error (logged, counted, in the status,
+/// retried slowly); once the password file is corrected, the next attempt
+/// connects and everything drains, nothing skipped.
+#[test]
+fn scram_over_tls_reports_a_wrong_password_and_recovers_when_corrected() {
+    let (dir, mut broker) = setup();
+    broker.create_user("gateway", "s3cret");
+    let tls_port = free_port();
+    broker.require_authentication(tls_port);
+    support::make_certs(dir.path());
+    let p = |name: &str| dir.path().join(name);
+    let _front = TlsFront::start(tls_port, &p("server.pem"), &p("server.key"), &broker);
+    std::fs::write(p("password"), "wrong\n").unwrap();
+    let security = format!(
+        "\n[upstream.security]\nprotocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+         username = \"gateway\"\npassword_file = {:?}\nca_file = {:?}\n",
+        p("password"),
+        p("ca.pem"),
+    );
+    let cfg = config(dir.path(), &broker, "", &security)
+        .replace(&broker.bootstrap(), &format!("127.0.0.1:{tls_port}"));
+    let gateway = Gateway::start(dir.path(), &cfg);
+    let data_dir = support::data_dir(dir.path());
+    publish_devices(gateway.port(), 2, 0..100);
+
+    let refused = wait_until(Duration::from_secs(60), || {
+        status(&data_dir).is_some_and(|s| s["upstream"]["authorization_errors"].as_u64() >= Some(1))
+    });
+    let s = status(&data_dir).unwrap();
+    assert!(
+        refused,
+        "authorization error counted: {s:#?}\n{}",
+        gateway.stderr.lock().unwrap().join("\n")
+    );
+    assert!(
+        !drained(&data_dir, 200),
+        "nothing replicated with a wrong password"
+    );
+    assert!(gateway.stderr_contains("not authorized"), "logged");
+
+    std::fs::write(p("password"), "s3cret\n").unwrap();
+    wait_drained(&gateway, &data_dir, 200, Duration::from_secs(60));
+    let ca = p("ca.pem").to_str().unwrap().to_string();
+    let records = consume_all_with(
+        &format!("127.0.0.1:{tls_port}"),
+        REMOTE,
+        PARTITIONS as i32,
+        &[
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "gateway"),
+            ("sasl.password", "s3cret"),
+            ("ssl.ca.location", &ca),
+        ],
+    );
+    let (keys, duplicates) = by_key(&records);
+    assert_eq!(duplicates, 0);
+    assert_eq!(keys.len(), 2);
+    for seqs in keys.values() {
+        assert_eq!(*seqs, (0..100).collect::<Vec<_>>());
+    }
     gateway.stop();
 }

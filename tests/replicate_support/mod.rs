@@ -21,6 +21,10 @@ pub struct Broker {
     pub host: String,
     pub port: u16,
     pub dir: PathBuf,
+    /// SASL (SCRAM) required of every client.
+    pub authentication: bool,
+    /// The port advertised to clients when a TLS front sits before it.
+    pub advertised_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -54,6 +58,8 @@ impl Broker {
             host: host.to_string(),
             port: free_port(),
             dir: dir.to_path_buf(),
+            authentication: false,
+            advertised_port: None,
             child: None,
         };
         broker.restart();
@@ -68,6 +74,11 @@ impl Broker {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "broker already running");
         let url = format!("tcp://{}", self.bootstrap());
+        let advertised = format!(
+            "tcp://{}:{}",
+            self.host,
+            self.advertised_port.unwrap_or(self.port)
+        );
         let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
         let child = Command::new(tansu())
             .args([
@@ -75,9 +86,10 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(self.authentication.then_some("--authentication"))
             .current_dir(&self.dir)
             .env_remove("CLUSTER_ID")
             .stdin(Stdio::null())
@@ -129,6 +141,72 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// A SCRAM-SHA-512 user (stored by the broker; takes effect once
+    /// authentication is on).
+    pub fn create_user(&self, name: &str, password: &str) {
+        let out = Command::new(tansu())
+            .args(["user", "create", name, password, "--mechanism", "scram512"])
+            .args(["--broker", &format!("tcp://{}", self.bootstrap())])
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tansu user create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Restarts the broker requiring SASL, advertising `advertised_port`
+    /// (a TLS front's) to clients.
+    pub fn require_authentication(&mut self, advertised_port: u16) {
+        self.stop();
+        self.authentication = true;
+        self.advertised_port = Some(advertised_port);
+        self.restart();
+    }
+}
+
+/// TLS in front of a broker (tansu 0.6.0's `--cert` and `--key` cannot be
+/// given together): socat terminates TLS with `cert`/`key` on `port` and
+/// forwards to the broker. Killed on drop.
+pub struct TlsFront {
+    pub port: u16,
+    child: Child,
+}
+
+impl TlsFront {
+    pub fn start(port: u16, cert: &Path, key: &Path, broker: &Broker) -> TlsFront {
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+            cert.display(),
+            key.display()
+        );
+        let child = Command::new("socat")
+            .arg(listen)
+            .arg(format!("TCP:{}", broker.bootstrap()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (apt-get install socat)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let up = wait_until(Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        assert!(up, "socat did not listen on {addr}");
+        TlsFront { port, child }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
@@ -165,13 +243,26 @@ impl Upstream {
 
 /// Every record of `topic` (all `partitions`), with rdkafka.
 pub fn consume_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Upstream> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    consume_all_with(bootstrap, topic, partitions, &[])
+}
+
+/// As [`consume_all`], with extra client settings (security).
+pub fn consume_all_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> Vec<Upstream> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "replicate-test")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
+        .set("enable.partition.eof", "true");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     let mut tpl = TopicPartitionList::new();
     let mut open = std::collections::BTreeSet::new();
     for p in 0..partitions {
