@@ -164,7 +164,9 @@ ip link set lo up
 ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up \
     && ip route add default via 10.0.2.2 || fail "eth0"
 echo "tidewell-init: starting gateway"
-TIDEWELL_LOG=info NO_COLOR=1 /usr/bin/tidewell run --config /etc/tidewell.toml </dev/null
+# Through cat: stderr is then a pipe, not the console tty, so no colours.
+set -o pipefail
+TIDEWELL_LOG=info /usr/bin/tidewell run --config /etc/tidewell.toml </dev/null 2>&1 | cat
 echo "tidewell-init: gateway exited with status $?"
 sync
 poweroff -f
