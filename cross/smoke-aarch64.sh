@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the aarch64 build under qemu-user: --version, then a smoke run (the
-# gateway on loopback, one mosquitto_pub, `log dump` shows the record), and
-# reports the stripped size and the idle resident memory.
+# gateway on loopback, one mosquitto_pub, `log dump` shows the record), then
+# (when tansu is installed) a replication run to a tansu broker checked with
+# confluent-kafka, and reports the stripped size and the idle resident memory.
 #
 #   cross/smoke-aarch64.sh [BINARY]
 set -euo pipefail
@@ -14,8 +15,29 @@ bin="${1:-${CARGO_TARGET_DIR:-target/cross}/aarch64-unknown-linux-gnu/device/tid
 qemu=(qemu-aarch64-static)
 work="$(mktemp -d)"
 gateway=""
-cleanup() { [ -n "$gateway" ] && kill "$gateway" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+broker=""
+cleanup() {
+    [ -n "$gateway" ] && kill "$gateway" 2>/dev/null
+    [ -n "$broker" ] && kill "$broker" 2>/dev/null
+    wait 2>/dev/null
+    rm -rf "$work"
+}
 trap cleanup EXIT
+
+# The resident memory of the guest's mappings only: qemu-user's own binary,
+# heap, per-thread malloc arenas and translated-code buffer (mapped above
+# 0x7f0000000000, or named) are what a Pi running the binary natively does
+# not have. qemu places guest mappings in the guest's range (0x55xxxxxxxx).
+guest_rss_kb() {
+    awk -v qemu="$(readlink -f "$(command -v "${qemu[0]}")")" '
+        /^[0-9a-f]+-[0-9a-f]+ / {
+            start = substr($1, 1, index($1, "-") - 1)
+            high = length(start) > 12 || (length(start) == 12 && start >= "7f0000000000")
+            own = ($6 == qemu || $6 ~ /^\[/ || high || ($2 ~ /x/ && $6 == ""))
+        }
+        /^Rss:/ { if (!own) sum += $2 }
+        END { print sum }' "/proc/$1/smaps"
+}
 
 echo "smoke: $("${qemu[@]}" "$bin" --version) ($(stat -c %s "$bin") bytes stripped)"
 
@@ -36,7 +58,7 @@ done
 ready="$(grep "^tidewell: ready" "$work/stderr")" || { cat "$work/stderr"; echo "smoke: not ready after 60 s"; exit 1; }
 mqtt="$(sed -n 's/.* mqtt=\([^ ]*\).*/\1/p' <<<"$ready")"
 rss_kb="$(awk '/^VmRSS/ {print $2}' "/proc/$gateway/status")"
-echo "smoke: ready ($ready); idle RSS under qemu ${rss_kb} kB"
+echo "smoke: ready ($ready); idle RSS under qemu ${rss_kb} kB, of which the guest's own mappings $(guest_rss_kb "$gateway") kB"
 
 mosquitto_pub -h "${mqtt%:*}" -p "${mqtt##*:}" -q 1 -i pi1 -t devices/pi1/telemetry -m '{"temp_c":21.5}'
 dump="$("${qemu[@]}" "$bin" log dump --data-dir "$work/data")"
@@ -46,3 +68,66 @@ kill -TERM "$gateway"
 wait "$gateway"
 gateway=""
 echo "smoke: clean stop OK"
+
+# Replication from the aarch64 build: a tansu broker on the host, the
+# gateway under qemu-user mirroring to it, confluent-kafka reading it back.
+if ! tansu="$(command -v tansu || ls "$HOME/.cargo/bin/tansu" 2>/dev/null)"; then
+    echo "smoke: tansu not installed, replication smoke skipped"
+    exit 0
+fi
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+mkdir -p "$work/broker"
+(cd "$work/broker" && exec "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine sqlite://tansu.db) \
+    > "$work/broker.log" 2>&1 &
+broker=$!
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+(cd "$work/broker" && "$tansu" topic create pi-1.ingest --partitions 1 --broker "tcp://127.0.0.1:$port")
+cat > "$work/t2.toml" <<TOML
+data_dir = "$work/data2"
+gateway_id = "pi-1"
+[mqtt]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[upstream]
+bootstrap_servers = "127.0.0.1:$port"
+TOML
+"${qemu[@]}" "$bin" run --config "$work/t2.toml" 2> "$work/stderr2" &
+gateway=$!
+for _ in $(seq 1 600); do
+    grep -q "^tidewell: ready" "$work/stderr2" && break
+    kill -0 "$gateway" 2>/dev/null || { cat "$work/stderr2"; echo "smoke: the gateway died"; exit 1; }
+    sleep 0.1
+done
+ready="$(grep "^tidewell: ready" "$work/stderr2")" || { cat "$work/stderr2"; echo "smoke: not ready after 60 s"; exit 1; }
+mqtt="$(sed -n 's/.* mqtt=\([^ ]*\).*/\1/p' <<<"$ready")"
+seq 1 100 | sed 's/^/reading-/' | mosquitto_pub -h "${mqtt%:*}" -p "${mqtt##*:}" -q 1 -i pi1 -t devices/pi1/telemetry -l
+python3 - "$port" <<'PY' || { tail -20 "$work/stderr2"; echo "smoke: replication from aarch64 failed"; exit 1; }
+import sys, time
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({'bootstrap.servers': '127.0.0.1:' + sys.argv[1], 'group.id': 'smoke',
+              'enable.auto.commit': False})
+deadline = time.time() + 120
+while c.get_watermark_offsets(TopicPartition('pi-1.ingest', 0), timeout=10)[1] < 100:
+    if time.time() > deadline:
+        sys.exit('timed out waiting for 100 records upstream')
+    time.sleep(0.5)
+c.assign([TopicPartition('pi-1.ingest', 0, 0)])
+seen = []
+while len(seen) < 100:
+    m = c.poll(10)
+    if m is None or m.error():
+        sys.exit('consume: %s' % (m and m.error()))
+    h = dict(m.headers() or [])
+    assert h['tidewell.gateway_id'] == b'pi-1', h
+    seen.append(m.value())
+assert seen == [b'reading-%d' % i for i in range(1, 101)], seen[:3]
+print('smoke: 100 records replicated from the aarch64 build, in order, with headers')
+PY
+rss_kb="$(awk '/^VmRSS/ {print $2}' "/proc/$gateway/status")"
+echo "smoke: RSS under qemu with replication ${rss_kb} kB, guest's own mappings $(guest_rss_kb "$gateway") kB"
+kill -TERM "$gateway"
+wait "$gateway"
+gateway=""
+echo "smoke: replication smoke OK"
