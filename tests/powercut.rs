@@ -18,30 +18,27 @@
 
 #[path = "faults/ledger.rs"]
 mod ledger;
+#[path = "faults/qemu.rs"]
+mod qemu;
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ledger::{Evidence, Ledger, Report};
+use qemu::{run, Machine, Vm};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
-const BUILD_SCRIPT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/faults/vm/build-initramfs.sh"
-);
-const QEMU: &str = "qemu-system-x86_64";
-/// The MQTT topic routed to the log topic below, per device.
+/// The log topic the devices' MQTT topics are routed to.
 const TOPIC: &str = "telemetry";
 const DEVICES: usize = 4;
 const USER: &str = "sensor";
 const PASSWORD: &str = "powercut-password";
-/// Boot plus recovery of a log of a few hundred segments under TCG takes
+/// Boot plus recovery of a log of a few thousand segments under TCG takes
 /// seconds; this only bounds a hang.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Where the log lives on the image (mounted on /data in the guest).
@@ -140,188 +137,6 @@ fn cheap_password_hash() -> String {
         .to_string()
 }
 
-fn have(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// Runs `cmd`, panicking with its output unless it exits with one of `ok`.
-fn run(cmd: &mut Command, ok: &[i32]) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let code = out.status.code().unwrap_or(-1);
-    assert!(
-        ok.contains(&code),
-        "{cmd:?} exited with {code}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// The VM's files: kernel, initramfs (with the gateway and its config) and
-/// the ext4 disk image that lives across cycles.
-struct Machine {
-    kernel: PathBuf,
-    initramfs: PathBuf,
-    disk: PathBuf,
-}
-
-impl Machine {
-    fn build(dir: &Path, config: &str) -> Machine {
-        let config_path = dir.join("tidewell.toml");
-        std::fs::write(&config_path, config).unwrap();
-        run(
-            Command::new(BIN)
-                .args(["config", "check", "--config"])
-                .arg(&config_path),
-            &[0],
-        );
-        let vm = dir.join("vm");
-        run(
-            Command::new("bash")
-                .arg(BUILD_SCRIPT)
-                .arg("--binary")
-                .arg(BIN)
-                .arg("--config")
-                .arg(&config_path)
-                .arg("--out")
-                .arg(&vm),
-            &[0],
-        );
-        let disk = dir.join("disk.img");
-        // Inode tables and journal written now, not lazily by the guest.
-        run(
-            Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-N", "16384", "-L", "tidewell"])
-                .args(["-E", "lazy_itable_init=0,lazy_journal_init=0"])
-                .arg(&disk)
-                .arg("1G"),
-            &[0],
-        );
-        Machine {
-            kernel: vm.join("vmlinuz"),
-            initramfs: vm.join("initramfs.cpio"),
-            disk,
-        }
-    }
-}
-
-/// A running VM; qemu is SIGKILLed on drop.
-struct Vm {
-    child: Child,
-    port: u16,
-    booted: Instant,
-    /// Console lines (the guest's ttyS0) so far.
-    console: Arc<Mutex<Vec<String>>>,
-}
-
-impl Vm {
-    fn boot(machine: &Machine) -> Vm {
-        let port = free_port();
-        let accel = std::env::var("TIDEWELL_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
-        let mut child = Command::new(QEMU)
-            .args(["-accel", &accel, "-m", "512", "-smp", "1"])
-            .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-no-reboot", "-serial", "stdio"])
-            .arg("-kernel")
-            .arg(&machine.kernel)
-            .arg("-initrd")
-            .arg(&machine.initramfs)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
-            .arg("-drive")
-            .arg(format!(
-                "file={},if=virtio,format=raw,cache=none",
-                machine.disk.display()
-            ))
-            .arg("-netdev")
-            .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:1883"))
-            .args(["-device", "virtio-net-pci,netdev=n0"])
-            .args(["-device", "virtio-rng-pci"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{QEMU}: {e}"));
-        let console = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let lines = console.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line.trim_end().to_string());
-                }
-            });
-        }
-        Vm {
-            child,
-            port,
-            booted: Instant::now(),
-            console,
-        }
-    }
-
-    fn console_has(&self, needle: &str) -> bool {
-        self.console
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains(needle))
-    }
-
-    /// Waits until the console shows `needle`; fails if the guest gave up
-    /// or qemu died first.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.console_has(needle) {
-                return Ok(());
-            }
-            if self.console_has("tidewell-init: FAILED")
-                || self.console_has("tidewell-init: gateway exited")
-            {
-                return Err(format!("the guest gave up waiting for {needle:?}"));
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("qemu exited ({status}) before {needle:?}"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no {needle:?} within {timeout:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// SIGKILL to qemu: the guest's page cache is gone, as in a power cut.
-    fn power_cut(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn console_text(&self) -> String {
-        self.console.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        self.power_cut();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// When the power goes.
 #[derive(Debug, Clone, Copy)]
 enum Cut {
@@ -334,12 +149,15 @@ enum Cut {
 }
 
 impl Cut {
-    fn pick(rng: &mut fastrand::Rng) -> Cut {
-        let (kind, ms) = (rng.u8(0..10), rng.u64(0..1000));
-        match kind {
-            0 | 1 => Cut::Boot(Duration::from_millis(ms * 4)),
-            2 | 3 => Cut::Recovery(Duration::from_millis(ms * 3 / 10)),
-            _ => Cut::Load(Duration::from_millis(20 + ms * 3)),
+    /// Cycles rotate through load, recovery, load, boot, load (so any five
+    /// cycles have each kind) with random delays; `recovery` is how long the
+    /// gateway took from start to ready last time.
+    fn pick(n: usize, rng: &mut fastrand::Rng, recovery: Duration) -> Cut {
+        let fraction = rng.f64();
+        match n % 5 {
+            2 => Cut::Recovery(recovery.mul_f64(1.2 * fraction)),
+            4 => Cut::Boot(Duration::from_secs_f64(4.0 * fraction)),
+            _ => Cut::Load(Duration::from_secs_f64(0.02 + 3.0 * fraction)),
         }
     }
 
@@ -388,7 +206,7 @@ async fn device(
             }
         }
     });
-    let mut in_flight = std::collections::HashMap::new();
+    let mut in_flight = HashMap::new();
     loop {
         let acked = match events.poll().await {
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -412,9 +230,13 @@ async fn device(
 #[derive(Debug)]
 struct Cycle {
     cut: Cut,
+    /// From qemu start to the gateway's ready line, if it got there.
     ready_after: Option<Duration>,
+    /// From the guest starting the gateway to its ready line (log recovery).
+    start_to_ready: Option<Duration>,
     elapsed: Duration,
     torn_tails: usize,
+    fs_problems: usize,
 }
 
 struct Campaign {
@@ -425,30 +247,45 @@ struct Campaign {
     runtime: tokio::runtime::Runtime,
     rng: fastrand::Rng,
     cycles: Vec<Cycle>,
+    /// The latest reconcile: it covers every cycle so far.
     last: Report,
+    /// Segment files in the log at the latest read-back.
+    segments: usize,
 }
 
 impl Campaign {
-    /// Boots, loads, cuts, reads back and reconciles once.
+    /// Boots, cuts (under load, or earlier), reads back and reconciles once.
     fn cycle(&mut self, n: usize) -> Result<(), String> {
         let started = Instant::now();
-        let cut = Cut::pick(&mut self.rng);
+        let recovery = self
+            .cycles
+            .iter()
+            .rev()
+            .find_map(|c| c.start_to_ready)
+            .unwrap_or(Duration::from_millis(300));
+        let cut = Cut::pick(n, &mut self.rng, recovery);
         let mut vm = Vm::boot(&self.machine);
-        let (ready_after, console) = self.drive(&mut vm, cut)?;
+        let driven = self.drive(&mut vm, cut);
         vm.power_cut();
-        let console_text = vm.console_text();
-        drop(vm);
-        let (evidence, torn_tails) = self.read_back(&console_text)?;
+        let console = vm.console_text();
+        driven.map_err(|e| format!("cycle {n} ({cut:?}): {e}\n--- console ---\n{console}"))?;
+        let (evidence, fs_problems) = self.read_back(&console)?;
         let report = self.ledger.reconcile(&evidence);
         let cycle = Cycle {
             cut,
-            ready_after,
+            ready_after: vm.seen(qemu::READY).map(|at| at - vm.booted),
+            start_to_ready: vm
+                .seen(qemu::STARTING)
+                .zip(vm.seen(qemu::READY))
+                .map(|(start, ready)| ready.saturating_duration_since(start)),
             elapsed: started.elapsed(),
-            torn_tails,
+            torn_tails: console.matches("log recovery: TornTail").count(),
+            fs_problems: fs_problems.len(),
         };
         eprintln!(
-            "cycle {n}: cut {:?}, ready after {:?}, sent {} acked {} present {} lost {} corrupt {} out-of-order {} ({:.1} s)",
+            "cycle {n}: cut {:?} ({}), ready after {:?}, sent {} acked {} present {} lost {} corrupt {} out of order {}{} ({:.1} s)",
             cycle.cut,
+            cycle.cut.kind(),
             cycle.ready_after,
             report.sent,
             report.acked,
@@ -456,6 +293,7 @@ impl Campaign {
             report.lost,
             report.corrupt,
             report.out_of_order_local,
+            if fs_problems.is_empty() { String::new() } else { format!(", e2fsck -n: {fs_problems:?}") },
             cycle.elapsed.as_secs_f64()
         );
         self.cycles.push(cycle);
@@ -467,35 +305,28 @@ impl Campaign {
         Ok(())
     }
 
-    /// Waits for the moment of `cut`, with load running in the load case.
-    /// Returns how long the gateway took to be ready (if it got there) and
-    /// the console so far.
-    fn drive(&mut self, vm: &mut Vm, cut: Cut) -> Result<(Option<Duration>, String), String> {
-        let fail = |vm: &Vm, e: String| format!("{e}\n--- console ---\n{}", vm.console_text());
+    /// Waits for the moment of `cut`, with the devices publishing in the
+    /// load case. The caller cuts the power.
+    fn drive(&mut self, vm: &mut Vm, cut: Cut) -> Result<(), String> {
         match cut {
             Cut::Boot(after) => {
-                let ready = vm.wait_for("tidewell: ready", after);
-                let ready_after = ready.is_ok().then(|| vm.booted.elapsed());
+                // Fails only if the guest gave up before the moment.
+                match vm.wait_for(qemu::READY, after) {
+                    Err(e) if !e.starts_with("no ") => return Err(e),
+                    _ => {}
+                }
                 std::thread::sleep(after.saturating_sub(vm.booted.elapsed()));
-                Ok((ready_after, vm.console_text()))
             }
             Cut::Recovery(after) => {
-                vm.wait_for("tidewell-init: starting gateway", READY_TIMEOUT)
-                    .map_err(|e| fail(vm, e))?;
-                std::thread::sleep(after);
-                let ready_after = vm
-                    .console_has("tidewell: ready")
-                    .then(|| vm.booted.elapsed());
-                Ok((ready_after, vm.console_text()))
+                let started = vm.wait_for(qemu::STARTING, READY_TIMEOUT)?;
+                std::thread::sleep(after.saturating_sub(started.elapsed()));
             }
             Cut::Load(after) => {
-                vm.wait_for("tidewell: ready", READY_TIMEOUT)
-                    .map_err(|e| fail(vm, e))?;
-                let ready_after = vm.booted.elapsed();
+                vm.wait_for(qemu::READY, READY_TIMEOUT)?;
                 self.load(vm, after);
-                Ok((Some(ready_after), vm.console_text()))
             }
         }
+        Ok(())
     }
 
     /// Publishes from every device for `duration`, then cuts the power while
@@ -530,52 +361,23 @@ impl Campaign {
         });
     }
 
-    /// Reads the log off the image: the journal is replayed on a copy (as
-    /// the next mount would; debugfs does not), so the image itself stays
-    /// exactly as the power cut left it for the next boot.
-    fn read_back(&self, console: &str) -> Result<(Evidence, usize), String> {
-        let copy = self.work.join("copy.img");
-        let extract = self.work.join("extract");
-        let _ = std::fs::remove_dir_all(&extract);
-        std::fs::create_dir_all(&extract).unwrap();
-        run(
-            Command::new("cp")
-                .arg("--sparse=always")
-                .arg(&self.machine.disk)
-                .arg(&copy),
-            &[0],
-        );
-        run(
-            Command::new("e2fsck")
-                .args(["-E", "journal_only", "-p"])
-                .arg(&copy),
-            &[0, 1],
-        );
-        run(
-            Command::new("debugfs")
-                .arg("-R")
-                .arg(format!("rdump {DATA_DIR_ON_IMAGE} {}", extract.display()))
-                .arg(&copy),
-            &[0],
-        );
+    /// The log as the image holds it after the cut, checked by `log verify`
+    /// and read by `log dump`; damage that recovery reported at this boot
+    /// counts too. Returns the evidence and e2fsck's findings.
+    fn read_back(&mut self, console: &str) -> Result<(Evidence, Vec<String>), String> {
+        let (data, fs_problems) = self.machine.read_back(DATA_DIR_ON_IMAGE, &self.work);
         let mut evidence = Evidence::default();
-        // Damage found by recovery at this boot (torn tails are its job).
-        let recovery: Vec<&str> = console
-            .lines()
-            .filter(|l| l.contains("log recovery:"))
-            .collect();
-        let torn_tails = recovery.iter().filter(|l| l.contains("TornTail")).count();
         evidence.damage.extend(
-            recovery
-                .iter()
-                .filter(|l| l.contains("ERROR"))
+            console
+                .lines()
+                .filter(|l| l.contains("log recovery:") && l.contains("ERROR"))
                 .map(|l| format!("at boot: {l}")),
         );
-        let data = extract.join(DATA_DIR_ON_IMAGE.trim_start_matches('/'));
-        if !data.join(TOPIC).exists() {
-            // Cut before the gateway first created its log.
-            return Ok((evidence, torn_tails));
-        }
+        // None: cut before the gateway first created its log.
+        let Some(data) = data else {
+            return Ok((evidence, fs_problems));
+        };
+        self.segments = count_files(&data, "log");
         let verify = run(
             Command::new(BIN)
                 .args(["log", "verify", "--json", "--data-dir"])
@@ -590,9 +392,9 @@ impl Campaign {
                 .arg(&data),
             &[0],
         );
-        evidence.local =
-            ledger::found_in_dump(&String::from_utf8_lossy(&dump.stdout), Some(TOPIC))?;
-        Ok((evidence, torn_tails))
+        let dump = String::from_utf8_lossy(&dump.stdout);
+        evidence.local = ledger::found_in_dump(&dump, Some(TOPIC))?;
+        Ok((evidence, fs_problems))
     }
 
     /// The campaign's table: the last reconcile (which covers every cycle)
@@ -600,17 +402,15 @@ impl Campaign {
     fn report(&self, total: Duration) -> Report {
         let mut report = self.last.clone();
         let count = |kind| self.cycles.iter().filter(|c| c.cut.kind() == kind).count();
-        let readies: Vec<f64> = self
-            .cycles
-            .iter()
-            .filter_map(|c| c.ready_after.map(|d| d.as_secs_f64()))
-            .collect();
-        let per_cycle: Vec<f64> = self
-            .cycles
-            .iter()
-            .map(|c| c.elapsed.as_secs_f64())
-            .collect();
-        report.row("campaign", "powercut (qemu SIGKILL)");
+        let secs = |f: fn(&Cycle) -> Option<Duration>| -> Vec<f64> {
+            self.cycles
+                .iter()
+                .filter_map(f)
+                .map(|d| d.as_secs_f64())
+                .collect()
+        };
+        let sum = |f: fn(&Cycle) -> usize| self.cycles.iter().map(f).sum::<usize>();
+        report.row("campaign", "powercut (qemu SIGKILL, cache=none, ext4)");
         report.row("seed", self.settings.seed);
         report.row("fsync", &self.settings.fsync);
         report.row("cycles", self.cycles.len());
@@ -623,56 +423,71 @@ impl Campaign {
                 count("load")
             ),
         );
+        report.row("torn tails cut at recovery", sum(|c| c.torn_tails));
+        report.row("e2fsck -n problems", sum(|c| c.fs_problems));
+        report.row("segment files at the end", self.segments);
+        report.row("boot to ready", mean_max(&secs(|c| c.ready_after)));
         report.row(
-            "torn tails cut at recovery",
-            self.cycles.iter().map(|c| c.torn_tails).sum::<usize>(),
+            "gateway start to ready",
+            mean_max(&secs(|c| c.start_to_ready)),
         );
-        report.row(
-            "ready after boot (mean)",
-            format!("{:.2} s", mean(&readies)),
-        );
-        report.row(
-            "time per cycle (mean / max)",
-            format!(
-                "{:.2} s / {:.2} s",
-                mean(&per_cycle),
-                per_cycle.iter().copied().fold(0.0, f64::max)
-            ),
-        );
+        report.row("time per cycle", mean_max(&secs(|c| Some(c.elapsed))));
         report.row("time", format!("{:.1} s", total.as_secs_f64()));
         report
     }
 }
 
-fn mean(values: &[f64]) -> f64 {
+/// Files named `*.{ext}` under `dir`.
+fn count_files(dir: &Path, ext: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map_while(Result::ok)
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                count_files(&path, ext)
+            } else {
+                usize::from(path.extension().is_some_and(|x| x == ext))
+            }
+        })
+        .sum()
+}
+
+/// "mean / max" of seconds.
+fn mean_max(values: &[f64]) -> String {
     if values.is_empty() {
-        return 0.0;
+        return "-".into();
     }
-    values.iter().sum::<f64>() / values.len() as f64
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let max = values.iter().copied().fold(0.0, f64::max);
+    format!("{mean:.2} s mean / {max:.2} s max")
 }
 
 /// Skips only where nothing promised qemu: CI installs it (tests/run).
 fn vm_tools_present() -> bool {
-    if have(QEMU) {
-        for tool in ["debugfs", "e2fsck", "mkfs.ext4", "cpio", "apt-get"] {
-            assert!(
-                Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("command -v {tool}"))
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success()),
-                "{tool} not found: apt-get install -y qemu-system-x86 busybox-static e2fsprogs cpio"
-            );
-        }
-        return true;
+    let install = format!("apt-get install -y {}", qemu::PACKAGES);
+    if !qemu::have(qemu::QEMU) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} not found, and CI must run this test: {install}",
+            qemu::QEMU
+        );
+        eprintln!("SKIPPED: {} not found ({install})", qemu::QEMU);
+        return false;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{QEMU} not found (CI must run this test): apt-get install -y qemu-system-x86 busybox-static e2fsprogs cpio"
-    );
-    eprintln!("SKIPPED: {QEMU} not found (apt-get install -y qemu-system-x86 busybox-static e2fsprogs cpio)");
-    false
+    for tool in [
+        "debugfs",
+        "e2fsck",
+        "mkfs.ext4",
+        "cpio",
+        "apt-get",
+        "dpkg-deb",
+    ] {
+        assert!(qemu::have(tool), "{tool} not found: {install}");
+    }
+    true
 }
 
 #[test]
@@ -691,7 +506,8 @@ fn acknowledged_messages_survive_power_cuts_in_device_order() {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let work = tmp.path().to_path_buf();
-    let machine = Machine::build(&work, &config(&settings.fsync, &cheap_password_hash()));
+    let config = config(&settings.fsync, &cheap_password_hash());
+    let machine = Machine::build(&work, BIN, &config, "1G", 16384);
     let mut campaign = Campaign {
         rng: fastrand::Rng::with_seed(settings.seed),
         settings,
@@ -705,6 +521,7 @@ fn acknowledged_messages_survive_power_cuts_in_device_order() {
             .unwrap(),
         cycles: Vec::new(),
         last: Report::default(),
+        segments: 0,
     };
     let mut failure = None;
     for n in 1..=campaign.settings.cycles {
