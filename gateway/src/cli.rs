@@ -189,12 +189,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The disk, or with `TIDEWELL_FAULT_EIO=write:N|fsync:N` (the fault
+/// campaign) a disk whose segment writes or fsyncs fail from the Nth on.
+fn storage() -> anyhow::Result<Arc<dyn log::Storage>> {
+    let Ok(spec) = std::env::var("TIDEWELL_FAULT_EIO") else {
+        return Ok(Arc::new(OsStorage));
+    };
+    let plan = log::faulty::FaultPlan::parse(&spec)
+        .with_context(|| format!("TIDEWELL_FAULT_EIO={spec:?}: expected write:N or fsync:N"))?;
+    tracing::warn!(
+        "fault injection on: segment {:?}s fail with EIO from the {}th",
+        plan.op,
+        plan.from
+    );
+    Ok(Arc::new(log::faulty::FaultyStorage {
+        inner: Arc::new(OsStorage),
+        plan: Arc::new(plan),
+    }))
+}
+
 fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = match config_path {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let log = Log::open(Arc::new(OsStorage), config.log_config())
+    let log = Log::open(storage()?, config.log_config())
         .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
     let log = Arc::new(log);
     let replicator = start_replicator(&config, &log)?;

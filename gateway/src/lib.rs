@@ -15,6 +15,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod config_check;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod log;
 pub mod mqtt;

@@ -110,6 +110,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod faulty;
 pub mod partition;
 pub mod recovery;
 mod retention;

@@ -351,3 +351,39 @@ pub fn qos_of(n: u8) -> QoS {
 #[cfg(test)]
 #[path = "codec_tests.rs"]
 mod tests;
+
+/// The fuzz targets' entry: bytes from a client, cut into chunks the way a
+/// socket delivers them, through the same steps as a connection (frame
+/// length, CONNECT level, then packet after packet) until an error ends it.
+/// Never panics, whatever the bytes.
+pub fn fuzz_stream(data: &[u8]) {
+    let Some((&knobs, rest)) = data.split_first() else {
+        return;
+    };
+    let max_frame = 16 + usize::from(knobs & 0x0f) * 256;
+    let chunk = 1 + usize::from(knobs >> 4);
+    let mut buf = BytesMut::new();
+    let mut version = None;
+    for piece in rest.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        loop {
+            let v = match version {
+                Some(v) => v,
+                None => match frame_length(&buf, max_frame) {
+                    Ok(Some(len)) => match connect_level(&buf[..len]) {
+                        Ok(4) => *version.insert(Version::V4),
+                        Ok(5) => *version.insert(Version::V5),
+                        _ => return,
+                    },
+                    Ok(None) => break,
+                    Err(_) => return,
+                },
+            };
+            match decode(&mut buf, v, max_frame) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}

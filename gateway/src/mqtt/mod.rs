@@ -82,6 +82,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 pub use auth::hash_password;
+#[doc(hidden)]
+pub use codec::fuzz_stream;
 pub use config::MqttConfig;
 pub use error::{ConnError, StartError};
 pub use stats::MqttStats;
