@@ -149,14 +149,17 @@ enum Cut {
 }
 
 impl Cut {
-    /// Cycles rotate through load, recovery, load, boot, load (so any five
-    /// cycles have each kind) with random delays; `recovery` is how long the
-    /// gateway took from start to ready last time.
+    /// Cycles rotate through a short load, recovery, a short load, boot and
+    /// a long load (so any five cycles have each kind; a long one lets the
+    /// gateway checkpoint its recovery points, every 5 s) with random
+    /// delays; `recovery` is how long the gateway took from start to ready
+    /// last time.
     fn pick(n: usize, rng: &mut fastrand::Rng, recovery: Duration) -> Cut {
         let fraction = rng.f64();
         match n % 5 {
             2 => Cut::Recovery(recovery.mul_f64(1.2 * fraction)),
             4 => Cut::Boot(Duration::from_secs_f64(4.0 * fraction)),
+            0 => Cut::Load(Duration::from_secs_f64(3.0 + 5.0 * fraction)),
             _ => Cut::Load(Duration::from_secs_f64(0.02 + 3.0 * fraction)),
         }
     }
