@@ -13,6 +13,8 @@
 //! `TIDEWELL_POWERCUT_CYCLES` (default 5), `TIDEWELL_POWERCUT_SEED` (default
 //! from the clock; printed), `TIDEWELL_POWERCUT_FSYNC` (`always`, `never` or
 //! an interval in ms: the last two are expected to fail),
+//! `TIDEWELL_POWERCUT_NOFILE` (the gateway's descriptor limit in the guest;
+//! default 16384 as in systemd/tidewell.service),
 //! `TIDEWELL_POWERCUT_KEEP=1` keeps the work directory. The VM is built by
 //! `tests/faults/vm/build-initramfs.sh`; see `tests/faults/README.md`.
 
@@ -48,6 +50,9 @@ struct Settings {
     cycles: usize,
     seed: u64,
     fsync: String,
+    /// The gateway's descriptor limit in the guest (default: the systemd
+    /// unit's 16384).
+    nofile: Option<String>,
     keep: bool,
 }
 
@@ -68,6 +73,7 @@ impl Settings {
                 .unwrap_or(5),
             seed,
             fsync: var("TIDEWELL_POWERCUT_FSYNC").unwrap_or_else(|| "always".into()),
+            nofile: var("TIDEWELL_POWERCUT_NOFILE"),
             keep: var("TIDEWELL_POWERCUT_KEEP").is_some_and(|v| v != "0"),
         }
     }
@@ -416,6 +422,10 @@ impl Campaign {
         report.row("campaign", "powercut (qemu SIGKILL, cache=none, ext4)");
         report.row("seed", self.settings.seed);
         report.row("fsync", &self.settings.fsync);
+        report.row(
+            "descriptor limit (guest)",
+            self.settings.nofile.as_deref().unwrap_or("16384"),
+        );
         report.row("cycles", self.cycles.len());
         report.row(
             "cuts at boot / recovery / load",
@@ -510,7 +520,10 @@ fn acknowledged_messages_survive_power_cuts_in_device_order() {
         .unwrap();
     let work = tmp.path().to_path_buf();
     let config = config(&settings.fsync, &cheap_password_hash());
-    let machine = Machine::build(&work, BIN, &config, "1G", 16384);
+    let mut machine = Machine::build(&work, BIN, &config, "1G", 16384);
+    if let Some(nofile) = &settings.nofile {
+        machine.cmdline = format!("tidewell.nofile={nofile}");
+    }
     let mut campaign = Campaign {
         rng: fastrand::Rng::with_seed(settings.seed),
         settings,

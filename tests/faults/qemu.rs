@@ -52,6 +52,8 @@ pub struct Machine {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub disk: PathBuf,
+    /// Added to the kernel command line, e.g. `tidewell.nofile=1024`.
+    pub cmdline: String,
 }
 
 impl Machine {
@@ -90,6 +92,7 @@ impl Machine {
             kernel: vm.join("vmlinuz"),
             initramfs: vm.join("initramfs.cpio"),
             disk,
+            cmdline: String::new(),
         }
     }
 
@@ -168,7 +171,8 @@ impl Vm {
             .arg(&machine.kernel)
             .arg("-initrd")
             .arg(&machine.initramfs)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .arg("-append")
+            .arg(format!("console=ttyS0 quiet panic=-1 {}", machine.cmdline))
             .arg("-drive")
             .arg(format!(
                 "file={},if=virtio,format=raw,cache=none",

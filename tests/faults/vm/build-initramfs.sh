@@ -17,7 +17,9 @@
 # is mounted on /data with default options (data=ordered), eth0 is
 # 10.0.2.15/24 behind qemu's user network, and the gateway runs as
 # `tidewell run --config /etc/tidewell.toml` with its stderr on the console
-# (ttyS0). Marker lines on the console, for the host:
+# (ttyS0), under the descriptor limit of systemd/tidewell.service
+# (LimitNOFILE=16384; tidewell.nofile=N on the kernel command line sets
+# another). Marker lines on the console, for the host:
 #   tidewell-init: starting gateway     just before exec of the gateway
 #   tidewell-init: FAILED <what>        the guest could not set itself up
 set -euo pipefail
@@ -163,6 +165,13 @@ mount -t ext4 /dev/vda /data || fail "mount /dev/vda"
 ip link set lo up
 ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up \
     && ip route add default via 10.0.2.2 || fail "eth0"
+# Descriptor limit: tidewell.nofile=N on the kernel command line, default
+# that of systemd/tidewell.service (LimitNOFILE=16384).
+nofile=16384
+for word in $(cat /proc/cmdline); do
+    case "$word" in tidewell.nofile=*) nofile="${word#tidewell.nofile=}" ;; esac
+done
+ulimit -n "$nofile" || fail "ulimit -n $nofile"
 echo "tidewell-init: starting gateway"
 # Through cat: stderr is then a pipe, not the console tty, so no colours.
 set -o pipefail
