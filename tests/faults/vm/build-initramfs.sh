@@ -40,6 +40,9 @@ done
 
 cache="${TIDEWELL_CACHE:-$HOME/.cache/tidewell}/vm"
 mkdir -p "$cache/debs" "$out"
+# One builder at a time fills the cache (tests may run in parallel).
+exec 9>"$cache/.lock"
+flock 9
 
 need() {
     command -v "$1" >/dev/null || { echo "$0: $1 not found (apt-get install -y $2)" >&2; exit 1; }
@@ -79,8 +82,15 @@ if [ -z "$kernel_pkg" ]; then
     if [ -s "$cache/kernel-package" ]; then
         kernel_pkg=$(cat "$cache/kernel-package")
     else
-        kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
-            | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+        resolve() {
+            apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+                | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
+        }
+        kernel_pkg=$(resolve)
+        # Package lists removed (container images do): fetch them, as root.
+        if [ -z "$kernel_pkg" ] && [ "$(id -u)" -eq 0 ]; then
+            apt-get update -qq >&2 && kernel_pkg=$(resolve)
+        fi
         [ -n "$kernel_pkg" ] || {
             echo "$0: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2
             exit 1
