@@ -113,6 +113,10 @@ impl Broker {
         }
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The end of the broker's own log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();

@@ -72,8 +72,12 @@
 //!   after a backoff a new producer is made and every stream resumes from
 //!   its cursor. Records acknowledged past the cursor are remembered and not
 //!   sent again, and before the first send the new session reads the tail
-//!   of every remote partition it writes to (`dedupe_tail_records` records
-//!   each) and skips records whose `tidewell.*` headers are already there.
+//!   of every remote partition it writes to, backwards from its end in
+//!   growing chunks until it reaches this gateway's records below the cursor
+//!   (at most `dedupe_tail_records` records), and skips records whose
+//!   `tidewell.*` headers are already there. The read is as short as what
+//!   was acknowledged since the last checkpoint, however long the remote
+//!   partition is.
 //!   Nothing is ever skipped without proof that it is upstream. One cost:
 //!   when librdkafka fails record N (message timeout) after it delivered
 //!   N+1, N is sent again in the next session and lands after N+1 in its

@@ -10,7 +10,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::Producer as _;
 
 use super::client::{self, Event, Producer};
-use super::config::{Priority, UpstreamConfig};
+use super::config::{Partitioning, Priority, UpstreamConfig};
 use super::error::{is_authorization, is_missing, UpstreamError};
 use super::send::{fill_stream, Bucket, Window};
 use super::status::{self, PartitionStatus, Status, UpstreamState, UpstreamStatus};
@@ -129,30 +129,7 @@ impl Runner {
         remotes.dedup();
         for remote in &remotes {
             let count = remote_partitions(producer, remote, timeout)?;
-            let mut read = Vec::new();
-            for s in self
-                .streams
-                .iter_mut()
-                .filter(|s| &s.remote_topic == remote)
-            {
-                if s.partitioning == super::config::Partitioning::Same
-                    && s.partition.0 as usize >= count
-                {
-                    return Err(UpstreamError::TooFewPartitions {
-                        topic: remote.clone(),
-                        remote: count,
-                        local_topic: s.topic.clone(),
-                        local_partition: s.partition.0,
-                    });
-                }
-                s.remote_partitions = count;
-                match s.partitioning {
-                    super::config::Partitioning::Same => read.push(s.partition.0 as i32),
-                    super::config::Partitioning::Key => read.extend(0..count as i32),
-                }
-            }
-            read.sort_unstable();
-            read.dedup();
+            let read = tail_requests(&mut self.streams, remote, count)?;
             let depth = self.config.dedupe_tail_records;
             let found =
                 tail::read_tails(consumer, remote, &read, &self.gateway_id, depth, timeout)?;
@@ -492,6 +469,43 @@ impl Drop for Reaped {
             reap(consumer);
         }
     }
+}
+
+/// What to read of `remote`'s partitions: for each, the local streams that
+/// write there and their cursors. Checks the remote has enough partitions.
+fn tail_requests(
+    streams: &mut [Stream],
+    remote: &str,
+    count: usize,
+) -> Result<Vec<tail::TailRequest>, UpstreamError> {
+    let mut requests = std::collections::BTreeMap::<i32, tail::TailRequest>::new();
+    for s in streams.iter_mut().filter(|s| s.remote_topic == remote) {
+        let local = s.partition.0;
+        let targets = match s.partitioning {
+            Partitioning::Same if local as usize >= count => {
+                return Err(UpstreamError::TooFewPartitions {
+                    topic: remote.to_string(),
+                    remote: count,
+                    local_topic: s.topic.clone(),
+                    local_partition: local,
+                })
+            }
+            Partitioning::Same => local as i32..local as i32 + 1,
+            Partitioning::Key => 0..count as i32,
+        };
+        s.remote_partitions = count;
+        for p in targets {
+            requests
+                .entry(p)
+                .or_insert_with(|| tail::TailRequest {
+                    partition: p,
+                    cursors: Default::default(),
+                })
+                .cursors
+                .insert((s.topic.clone(), local), s.cursor);
+        }
+    }
+    Ok(requests.into_values().collect())
 }
 
 fn remote_partitions(

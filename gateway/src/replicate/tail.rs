@@ -1,6 +1,7 @@
 //! Start-up dedupe: read the end of each remote partition this gateway
-//! writes to, and collect the local offsets already there (by their
-//! `tidewell.*` headers), so a restart does not send them again.
+//! writes to, back to the replication cursor, and collect the local offsets
+//! already there (by their `tidewell.*` headers), so a restart does not send
+//! them again.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -21,77 +22,125 @@ pub const H_OFFSET: &str = "tidewell.offset";
 /// Local offsets found upstream, per (local topic, local partition).
 pub type Found = HashMap<(String, u32), Vec<u64>>;
 
-/// Reads the last `depth` records of `partitions` of `topic` and returns
-/// the local offsets this gateway wrote there.
+/// One remote partition to read, and the local streams that write to it
+/// with their cursors: once a stream's record *below* its cursor turns up,
+/// everything older is known to be upstream already.
+#[derive(Debug, Clone)]
+pub struct TailRequest {
+    pub partition: i32,
+    pub cursors: HashMap<(String, u32), u64>,
+}
+
+/// The first chunk read back from the end; each next one is twice as long.
+const FIRST_CHUNK: i64 = 256;
+
+/// Reads each requested remote partition backwards from its end, in growing
+/// chunks, until every stream writing there has shown a record below its
+/// cursor (or `depth` records were read, or the partition's start was
+/// reached), and returns the local offsets this gateway wrote there. After
+/// a restart that is only what was acknowledged since the last checkpoint,
+/// so the read stays short however long the remote partition is.
 pub fn read_tails(
     consumer: &BaseConsumer,
     topic: &str,
-    partitions: &[i32],
+    requests: &[TailRequest],
     gateway_id: &str,
     depth: u64,
     timeout: Duration,
 ) -> Result<Found, UpstreamError> {
-    let tail_err = |partition: i32, e: KafkaError| UpstreamError::Tail {
-        topic: topic.to_string(),
-        partition,
-        message: e.to_string(),
-    };
-    let mut tpl = TopicPartitionList::new();
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    for &p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| tail_err(p, e))?;
-        if high > low {
-            let from = low.max(high - depth as i64);
-            tpl.add_partition_offset(topic, p, KafkaOffset::Offset(from))
-                .map_err(|e| tail_err(p, e))?;
-            ends.insert(p, high);
-        }
-    }
     let mut found = Found::new();
-    if ends.is_empty() {
-        return Ok(found);
+    for request in requests {
+        let tail_err = |e: KafkaError| UpstreamError::Tail {
+            topic: topic.to_string(),
+            partition: request.partition,
+            message: e.to_string(),
+        };
+        let tail = Tail {
+            consumer,
+            topic,
+            partition: request.partition,
+            gateway_id,
+            timeout,
+        };
+        tail.read(&request.cursors, depth, &mut found)
+            .map_err(tail_err)?;
     }
-    consumer.assign(&tpl).map_err(|e| tail_err(-1, e))?;
-    let deadline = Instant::now() + (timeout * 2).max(Duration::from_secs(60));
-    let result = poll_until_ends(consumer, &mut ends, gateway_id, &mut found, deadline);
-    let _ = consumer.unassign();
-    result.map_err(|e| tail_err(ends.keys().next().copied().unwrap_or(-1), e))?;
     Ok(found)
 }
 
-fn poll_until_ends(
-    consumer: &BaseConsumer,
-    ends: &mut HashMap<i32, i64>,
-    gateway_id: &str,
-    found: &mut Found,
-    deadline: Instant,
-) -> Result<(), KafkaError> {
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            return Err(KafkaError::Global(
-                rdkafka::error::RDKafkaErrorCode::OperationTimedOut,
-            ));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                ends.remove(&p);
-            }
-            Some(Err(e)) => return Err(e),
-            Some(Ok(message)) => {
-                let p = message.partition();
-                if ends.get(&p).is_some_and(|&end| message.offset() + 1 >= end) {
-                    ends.remove(&p);
+struct Tail<'a> {
+    consumer: &'a BaseConsumer,
+    topic: &'a str,
+    partition: i32,
+    gateway_id: &'a str,
+    timeout: Duration,
+}
+
+impl Tail<'_> {
+    fn read(
+        &self,
+        cursors: &HashMap<(String, u32), u64>,
+        depth: u64,
+        found: &mut Found,
+    ) -> Result<(), KafkaError> {
+        let (low, high) =
+            self.consumer
+                .fetch_watermarks(self.topic, self.partition, self.timeout)?;
+        let floor = low.max(high.saturating_sub(depth as i64));
+        let mut pending: Vec<&(String, u32)> = cursors.keys().collect();
+        let (mut end, mut chunk) = (high, FIRST_CHUNK);
+        while end > floor && !pending.is_empty() {
+            let from = floor.max(end - chunk);
+            for (key, offset) in self.range(from, end)? {
+                if cursors.get(&key).is_some_and(|&c| offset < c) {
+                    pending.retain(|k| **k != key);
                 }
-                if let Some((key, offset)) = ours(&message, gateway_id) {
-                    found.entry(key).or_default().push(offset);
+                found.entry(key).or_default().push(offset);
+            }
+            end = from;
+            chunk = chunk.saturating_mul(2);
+        }
+        Ok(())
+    }
+
+    /// This gateway's records among remote offsets `from..end`.
+    fn range(&self, from: i64, end: i64) -> Result<Vec<((String, u32), u64)>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(self.topic, self.partition, KafkaOffset::Offset(from))?;
+        self.consumer.assign(&tpl)?;
+        let deadline = Instant::now() + (self.timeout * 2).max(Duration::from_secs(60));
+        let result = self.poll_until(end, deadline);
+        let _ = self.consumer.unassign();
+        result
+    }
+
+    fn poll_until(
+        &self,
+        end: i64,
+        deadline: Instant,
+    ) -> Result<Vec<((String, u32), u64)>, KafkaError> {
+        let mut out = Vec::new();
+        loop {
+            if Instant::now() > deadline {
+                return Err(KafkaError::Global(
+                    rdkafka::error::RDKafkaErrorCode::OperationTimedOut,
+                ));
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(message)) if message.offset() >= end => return Ok(out),
+                Some(Ok(message)) => {
+                    let last = message.offset() + 1 >= end;
+                    out.extend(ours(&message, self.gateway_id));
+                    if last {
+                        return Ok(out);
+                    }
                 }
             }
         }
     }
-    Ok(())
 }
 
 /// The (local topic, partition) and offset of a record this gateway wrote.
