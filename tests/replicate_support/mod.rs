@@ -117,11 +117,44 @@ impl Broker {
         self.child.is_some()
     }
 
+    /// tansu 0.6.0's SQLite storage task can panic under load ("more or
+    /// less than one row", `tansu-storage` lite.rs:503); the process stays
+    /// up but answers every request with an error until restarted.
+    pub fn has_panicked(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("tansu.log"))
+            .is_ok_and(|text| text.contains("panicked"))
+    }
+
+    /// Restarts the broker if its storage task panicked; says whether it did.
+    pub fn revive(&mut self) -> bool {
+        if !self.is_running() || !self.has_panicked() {
+            return false;
+        }
+        let _ = std::fs::copy(
+            self.dir.join("tansu.log"),
+            self.dir
+                .join(format!("tansu.panicked.{}.log", fastrand::u32(..))),
+        );
+        self.stop();
+        self.restart();
+        true
+    }
+
     /// The end of the broker's own log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        let first_errors: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.contains("panicked") || l.contains("ERROR"))
+            .take(5)
+            .copied()
+            .collect();
+        format!(
+            "first errors:\n{}\n...\n{}",
+            first_errors.join("\n"),
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {

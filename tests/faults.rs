@@ -1,0 +1,286 @@
+//! The fault campaign's process, disk and upstream faults (the power cuts
+//! are `tests/powercut.rs`). Every campaign keeps a ledger of what the MQTT
+//! devices sent and which of it the gateway acknowledged, and reconciles it
+//! at the end with the local log (`tidewell log verify` and `log dump`) and
+//! with what an independent consumer finds upstream. Each prints its report
+//! table and writes it under `target/faults/` (or `$TIDEWELL_FAULTS_REPORT`).
+//!
+//! `TIDEWELL_FAULT_KILLS` sets the number of SIGKILLs of the process
+//! campaign (default 200, the CI run; the long run uses 1000 or more).
+
+#[path = "faults/ledger.rs"]
+mod ledger;
+#[path = "faults/load.rs"]
+mod load;
+#[path = "mqtt_support/mod.rs"]
+mod support;
+#[path = "replicate_support/mod.rs"]
+mod upstream;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger::{Evidence, Found, Ledger, Report};
+use rumqttc::QoS;
+use support::{Gateway, BIN};
+use upstream::{consume_all, drained, status, wait_until, Broker};
+
+const GATEWAY_ID: &str = "gw-faults";
+const TOPIC: &str = "ingest";
+const REMOTE: &str = "gw-faults.ingest";
+const PARTITIONS: u32 = 2;
+const DEVICES: usize = 4;
+
+/// Two partitions keyed by device, fsync `always`, small segments (a roll
+/// every few dozen messages), replicated data older than a second deleted,
+/// and a mirror to `gw-faults.ingest`.
+fn config(dir: &Path, bootstrap: &str, topic_extra: &str) -> String {
+    format!(
+        r#"{data_dir}
+gateway_id = "{GATEWAY_ID}"
+
+[topics.{TOPIC}]
+partitions = {PARTITIONS}
+fsync = "always"
+max_segment_bytes = 8192
+{topic_extra}
+
+[mqtt]
+listen = "127.0.0.1:0"
+
+[http]
+listen = "127.0.0.1:0"
+
+[[mqtt.routes]]
+filter = "devices/+/telemetry"
+topic = "{TOPIC}"
+key = "segment:1"
+
+[upstream]
+bootstrap_servers = "{bootstrap}"
+message_timeout_ms = 5000
+request_timeout_ms = 5000
+backoff_initial_ms = 100
+backoff_max_ms = 1000
+slow_retry_ms = 1000
+checkpoint_interval_ms = 200
+
+[[upstream.mirror]]
+local = "{TOPIC}"
+remote = "{{gateway_id}}.{{topic}}"
+partitioning = "same"
+"#,
+        data_dir = support::data_dir_line(dir),
+    )
+}
+
+/// Runs `devices` MQTT devices against `port` (half QoS 1, half QoS 2)
+/// until `stop` is set or their connections die.
+fn start_devices(
+    runtime: &tokio::runtime::Runtime,
+    port: u16,
+    ledger: &Arc<Ledger>,
+    stop: &Arc<AtomicBool>,
+    seed: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..DEVICES)
+        .map(|d| {
+            let target = load::Target {
+                host: "127.0.0.1".into(),
+                port,
+                credentials: None,
+                // 200 messages/s a device: tansu, the test broker, keeps up.
+                pace: Some(Duration::from_millis(5)),
+            };
+            let qos = if d % 2 == 0 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            };
+            runtime.spawn(load::device(
+                target,
+                format!("d{d}"),
+                qos,
+                ledger.clone(),
+                stop.clone(),
+                seed.wrapping_add(d as u64),
+            ))
+        })
+        .collect()
+}
+
+fn stop_devices(
+    runtime: &tokio::runtime::Runtime,
+    stop: &AtomicBool,
+    devices: Vec<tokio::task::JoinHandle<()>>,
+) {
+    stop.store(true, Ordering::Relaxed);
+    runtime.block_on(async {
+        for d in devices {
+            let _ = tokio::time::timeout(Duration::from_secs(10), d).await;
+        }
+    });
+}
+
+/// What survived: `log verify` damage, the local dump, and (when a broker is
+/// given) what a consumer reads from the remote topic.
+fn evidence(data_dir: &Path, broker: Option<&Broker>) -> Evidence {
+    let verify = Command::new(BIN)
+        .args(["log", "verify", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let verified = ledger::parse_verify(&String::from_utf8_lossy(&verify.stdout)).unwrap();
+    let dump = Command::new(BIN)
+        .args(["log", "dump", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "log dump: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let local = ledger::found_in_dump(&String::from_utf8_lossy(&dump.stdout), Some(TOPIC)).unwrap();
+    let upstream = broker.map(|b| {
+        consume_all(&b.bootstrap(), REMOTE, PARTITIONS as i32)
+            .into_iter()
+            .map(|r| Found {
+                stream: format!("{REMOTE}/{}", r.partition),
+                offset: r.offset as u64,
+                payload: r.value,
+            })
+            .collect()
+    });
+    Evidence {
+        local,
+        upstream,
+        damage: verified.damage,
+    }
+}
+
+fn finish(report: &Report, campaign: &str) {
+    println!("{report}");
+    let path = Report::default_path(campaign);
+    report.write(&path).unwrap();
+    println!("report written to {}", path.display());
+    assert!(report.clean(), "campaign {campaign} failed:\n{report}");
+}
+
+fn seed() -> u64 {
+    std::env::var("TIDEWELL_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..))
+}
+
+/// Where in the gateway's life a kill lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Moment {
+    /// Right after the ready line: recovery just ended, devices connecting.
+    Startup,
+    /// While devices publish: appends, group fsyncs and segment rolls.
+    Ingest,
+    /// While the backlog of a broker outage drains (and retention deletes
+    /// what was replicated).
+    Drain,
+}
+
+/// SIGKILLs the gateway again and again while devices publish, segments roll,
+/// retention deletes replicated segments and replication drains; the broker
+/// goes away for stretches so a backlog builds. At the end every acknowledged
+/// message is upstream or in the local log, intact and in device order.
+#[test]
+fn acknowledged_messages_survive_repeated_sigkills() {
+    let kills: usize = std::env::var("TIDEWELL_FAULT_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let seed = seed();
+    println!("process campaign: {kills} kills, seed {seed} (TIDEWELL_FAULT_SEED)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = support::temp_dir();
+    let broker_dir = dir.path().join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let mut broker = Broker::start(&broker_dir);
+    broker.create_topic(REMOTE, PARTITIONS);
+    let cfg = config(dir.path(), &broker.bootstrap(), "retention_ms = 1000");
+    let data_dir = support::data_dir(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ledger = Arc::new(Ledger::new());
+    let started = Instant::now();
+    let mut moments = std::collections::BTreeMap::<Moment, usize>::new();
+    let mut outages = 0;
+    let mut broker_panics = 0;
+    for kill in 0..kills {
+        broker_panics += usize::from(broker.revive());
+        // Every 25 kills the broker goes away for 8 of them, then comes back:
+        // the kills after its return land while the backlog drains.
+        let phase = kill % 25;
+        if phase == 10 && broker.is_running() {
+            broker.stop();
+            outages += 1;
+        }
+        if phase == 18 && !broker.is_running() {
+            broker.restart();
+        }
+        let gateway = Gateway::start(dir.path(), &cfg);
+        let stop = Arc::new(AtomicBool::new(false));
+        let devices = start_devices(&runtime, gateway.port(), &ledger, &stop, rng.u64(..));
+        let (moment, delay) = match rng.u32(0..10) {
+            0 => (Moment::Startup, rng.u64(0..20)),
+            _ if (18..25).contains(&phase) => (Moment::Drain, rng.u64(10..600)),
+            _ => (Moment::Ingest, rng.u64(10..400)),
+        };
+        *moments.entry(moment).or_default() += 1;
+        // The fault's timing is the point here, not a wait for a condition.
+        std::thread::sleep(Duration::from_millis(delay));
+        gateway.kill9();
+        stop_devices(&runtime, &stop, devices);
+    }
+    if !broker.is_running() {
+        broker.restart();
+    }
+    // One last clean run drains whatever is left.
+    let gateway = Gateway::start(dir.path(), &cfg);
+    let local_end = || -> u64 {
+        status(&data_dir).map_or(0, |s| {
+            s["partitions"].as_array().map_or(0, |ps| {
+                ps.iter().map(|p| p["log_end"].as_u64().unwrap_or(0)).sum()
+            })
+        })
+    };
+    let caught_up = wait_until(Duration::from_secs(180), || {
+        broker_panics += usize::from(broker.revive());
+        let end = local_end();
+        end > 0 && drained(&data_dir, end)
+    });
+    assert!(
+        caught_up,
+        "replication did not catch up: {:#?}\nbroker:\n{}\ngateway:\n{}",
+        status(&data_dir),
+        broker.log_tail(),
+        gateway.stderr.lock().unwrap().join("\n")
+    );
+    gateway.stop();
+
+    let mut report = ledger.reconcile(&evidence(&data_dir, Some(&broker)));
+    report.row("campaign", "process kills (SIGKILL)");
+    report.row("seed", seed);
+    report.row("kills", kills);
+    for (moment, n) in &moments {
+        report.row(&format!("kills during {moment:?}"), n);
+    }
+    report.row("broker outages", outages);
+    report.row("broker restarts after a tansu panic", broker_panics);
+    report.row("time", format!("{:.0} s", started.elapsed().as_secs_f64()));
+    finish(&report, "process");
+    assert!(
+        ledger.acked() > kills as u64,
+        "too little load: {}",
+        ledger.acked()
+    );
+}
