@@ -39,6 +39,28 @@ const DEVICES: usize = 4;
 /// and a mirror to `gw-faults.ingest`.
 fn config(dir: &Path, bootstrap: &str, topic_extra: &str) -> String {
     format!(
+        r#"{local}
+[upstream]
+bootstrap_servers = "{bootstrap}"
+message_timeout_ms = 5000
+request_timeout_ms = 5000
+backoff_initial_ms = 100
+backoff_max_ms = 1000
+slow_retry_ms = 1000
+checkpoint_interval_ms = 200
+
+[[upstream.mirror]]
+local = "{TOPIC}"
+remote = "{{gateway_id}}.{{topic}}"
+partitioning = "same"
+"#,
+        local = local_config(dir, topic_extra),
+    )
+}
+
+/// The same gateway without an upstream (buffer-only).
+fn local_config(dir: &Path, topic_extra: &str) -> String {
+    format!(
         r#"{data_dir}
 gateway_id = "{GATEWAY_ID}"
 
@@ -58,27 +80,14 @@ listen = "127.0.0.1:0"
 filter = "devices/+/telemetry"
 topic = "{TOPIC}"
 key = "segment:1"
-
-[upstream]
-bootstrap_servers = "{bootstrap}"
-message_timeout_ms = 5000
-request_timeout_ms = 5000
-backoff_initial_ms = 100
-backoff_max_ms = 1000
-slow_retry_ms = 1000
-checkpoint_interval_ms = 200
-
-[[upstream.mirror]]
-local = "{TOPIC}"
-remote = "{{gateway_id}}.{{topic}}"
-partitioning = "same"
 "#,
         data_dir = support::data_dir_line(dir),
     )
 }
 
-/// Runs `devices` MQTT devices against `port` (half QoS 1, half QoS 2)
-/// until `stop` is set or their connections die.
+/// Runs `DEVICES` MQTT devices against `port` (half QoS 1, half QoS 2), 200
+/// messages/s each (tansu, the test broker, keeps up), until `stop` is set
+/// or their connections die.
 fn start_devices(
     runtime: &tokio::runtime::Runtime,
     port: u16,
@@ -86,14 +95,33 @@ fn start_devices(
     stop: &Arc<AtomicBool>,
     seed: u64,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    start_paced(
+        runtime,
+        port,
+        ledger,
+        stop,
+        seed,
+        Some(Duration::from_millis(5)),
+    )
+}
+
+/// As [`start_devices`], with the pause between publishes given (`None`:
+/// flat out).
+fn start_paced(
+    runtime: &tokio::runtime::Runtime,
+    port: u16,
+    ledger: &Arc<Ledger>,
+    stop: &Arc<AtomicBool>,
+    seed: u64,
+    pace: Option<Duration>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..DEVICES)
         .map(|d| {
             let target = load::Target {
                 host: "127.0.0.1".into(),
                 port,
                 credentials: None,
-                // 200 messages/s a device: tansu, the test broker, keeps up.
-                pace: Some(Duration::from_millis(5)),
+                pace,
             };
             let qos = if d % 2 == 0 {
                 QoS::AtLeastOnce
@@ -282,5 +310,151 @@ fn acknowledged_messages_survive_repeated_sigkills() {
         ledger.acked() > kills as u64,
         "too little load: {}",
         ledger.acked()
+    );
+}
+
+fn metric(gateway: &Gateway, name: &str) -> f64 {
+    let http = gateway.http_addr.expect("http address").to_string();
+    let text = tidewell::http::get(&http, "/metrics").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The body of a 200 answer, or the error (naming the status) otherwise.
+fn readyz(gateway: &Gateway) -> String {
+    let http = gateway.http_addr.expect("http address").to_string();
+    tidewell::http::get(&http, "/readyz").unwrap_or_else(|e| e.to_string())
+}
+
+/// Segment fsyncs start failing with EIO (a dying SD card, through the
+/// log's fault-injecting storage): the writer poisons itself, the gateway
+/// reports it (`/readyz`, metrics, log) and refuses new data instead of
+/// acknowledging it; after a restart on a healthy disk every message
+/// acknowledged before the failure is there.
+#[test]
+fn eio_on_fsync_poisons_the_writer_and_nothing_is_acknowledged_after_it() {
+    let dir = support::temp_dir();
+    let cfg = local_config(dir.path(), "");
+    let data_dir = support::data_dir(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ledger = Arc::new(Ledger::new());
+    let env = [("TIDEWELL_FAULT_EIO", "fsync:60")];
+    let gateway = Gateway::start_with_env(dir.path(), &cfg, &env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let devices = start_devices(&runtime, gateway.port(), &ledger, &stop, seed());
+    let poisoned = wait_until(Duration::from_secs(30), || {
+        metric(&gateway, "tidewell_log_poisoned") == 1.0
+    });
+    assert!(poisoned, "the writer did not poison: {}", readyz(&gateway));
+    stop_devices(&runtime, &stop, devices);
+    let acked_at_poison = ledger.acked();
+    assert!(readyz(&gateway).contains("503"), "/readyz still ready");
+    assert!(gateway.stderr_contains("EIO") || gateway.stderr_contains("Input/output error"));
+
+    // New data is refused, never acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let devices = start_devices(&runtime, gateway.port(), &ledger, &stop, seed());
+    let refused = wait_until(Duration::from_secs(10), || {
+        metric(
+            &gateway,
+            "tidewell_mqtt_refusals_total{reason=\"log_error\"}",
+        ) > 0.0
+    });
+    stop_devices(&runtime, &stop, devices);
+    assert!(refused, "publishes to a poisoned log are not refused");
+    assert_eq!(
+        ledger.acked(),
+        acked_at_poison,
+        "acknowledged after the failure"
+    );
+    gateway.kill9();
+
+    // A healthy disk again: everything acknowledged is there.
+    let gateway = Gateway::start(dir.path(), &cfg);
+    gateway.stop();
+    let mut report = ledger.reconcile(&evidence(&data_dir, None));
+    report.row("campaign", "EIO on segment fsync (storage seam)");
+    report.row("fsyncs before the failure", 59);
+    finish(&report, "eio");
+    assert!(
+        acked_at_poison > 0,
+        "nothing acknowledged before the failure"
+    );
+}
+
+/// Mounts a `size` tmpfs on `path` (root only); unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(path: &Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallFs(path.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The data directory on a 4 MiB filesystem that fills up, topic
+/// `reject_new`: once free space falls to the reserve the gateway refuses
+/// publishes (never acknowledging what it cannot store), stays up, and
+/// everything acknowledged before is intact.
+#[test]
+fn a_full_filesystem_with_reject_new_refuses_and_keeps_everything_acknowledged() {
+    let dir = support::temp_dir();
+    let data_dir = support::data_dir(dir.path());
+    let Some(_fs) = SmallFs::mount(&data_dir, "4m") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mounting a tmpfs needs root"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let topic = "when_full = \"reject_new\"";
+    let cfg = local_config(dir.path(), topic)
+        + "
+[log]
+min_free_bytes = 1048576
+";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ledger = Arc::new(Ledger::new());
+    let mut gateway = Gateway::start(dir.path(), &cfg);
+    let mut rounds = 0;
+    // Devices publish flat out; a refused publish closes a 3.1.1 connection,
+    // so keep reconnecting them until the refusals are counted.
+    let full = wait_until(Duration::from_secs(60), || {
+        rounds += 1;
+        let stop = Arc::new(AtomicBool::new(false));
+        let devices = start_paced(&runtime, gateway.port(), &ledger, &stop, seed(), None);
+        runtime.block_on(async {
+            for d in devices {
+                let _ = tokio::time::timeout(Duration::from_secs(2), d).await;
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        metric(&gateway, "tidewell_log_rejected_records_total") > 0.0
+    });
+    assert!(full, "the filesystem never filled");
+    assert!(gateway.is_running(), "the gateway died on a full disk");
+    let acked = ledger.acked();
+    gateway.stop();
+    let mut report = ledger.reconcile(&evidence(&data_dir, None));
+    report.row("campaign", "full filesystem (4 MiB tmpfs), reject_new");
+    report.row("publish rounds", rounds);
+    finish(&report, "disk-full-reject");
+    assert!(
+        acked > 1000,
+        "too little stored before the disk filled: {acked}"
     );
 }
