@@ -317,7 +317,7 @@ pub fn consume_all_with(
         return out;
     }
     consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     while !open.is_empty() {
         assert!(Instant::now() < deadline, "consuming {topic} timed out");
         match consumer.poll(Duration::from_millis(500)) {
