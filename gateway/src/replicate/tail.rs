@@ -22,6 +22,10 @@ pub const H_OFFSET: &str = "tidewell.offset";
 /// Local offsets found upstream, per (local topic, local partition).
 pub type Found = HashMap<(String, u32), Vec<u64>>;
 
+/// One record of this gateway found upstream: its (local topic, local
+/// partition) and local offset.
+type Origin = ((String, u32), u64);
+
 /// One remote partition to read, and the local streams that write to it
 /// with their cursors: once a stream's record *below* its cursor turns up,
 /// everything older is known to be upstream already.
@@ -104,7 +108,7 @@ impl Tail<'_> {
     }
 
     /// This gateway's records among remote offsets `from..end`.
-    fn range(&self, from: i64, end: i64) -> Result<Vec<((String, u32), u64)>, KafkaError> {
+    fn range(&self, from: i64, end: i64) -> Result<Vec<Origin>, KafkaError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(self.topic, self.partition, KafkaOffset::Offset(from))?;
         self.consumer.assign(&tpl)?;
@@ -114,11 +118,7 @@ impl Tail<'_> {
         result
     }
 
-    fn poll_until(
-        &self,
-        end: i64,
-        deadline: Instant,
-    ) -> Result<Vec<((String, u32), u64)>, KafkaError> {
+    fn poll_until(&self, end: i64, deadline: Instant) -> Result<Vec<Origin>, KafkaError> {
         let mut out = Vec::new();
         loop {
             if Instant::now() > deadline {
@@ -144,7 +144,7 @@ impl Tail<'_> {
 }
 
 /// The (local topic, partition) and offset of a record this gateway wrote.
-fn ours(message: &impl Message, gateway_id: &str) -> Option<((String, u32), u64)> {
+fn ours(message: &impl Message, gateway_id: &str) -> Option<Origin> {
     let headers = message.headers()?;
     let (mut gw, mut topic, mut partition, mut offset) = (None, None, None, None);
     for h in headers.iter() {
