@@ -39,6 +39,20 @@ guest_rss_kb() {
         END { print sum }' "/proc/$1/smaps"
 }
 
+# Starts the gateway under qemu with CONFIG, its stderr in STDERR; waits for
+# the ready line and sets $gateway (pid), $ready and $mqtt (host:port).
+start_gateway() { # config stderr
+    "${qemu[@]}" "$bin" run --config "$1" 2> "$2" &
+    gateway=$!
+    for _ in $(seq 1 600); do
+        grep -q "^tidewell: ready" "$2" && break
+        kill -0 "$gateway" 2>/dev/null || { cat "$2"; echo "smoke: the gateway died"; exit 1; }
+        sleep 0.1
+    done
+    ready="$(grep "^tidewell: ready" "$2")" || { cat "$2"; echo "smoke: not ready after 60 s"; exit 1; }
+    mqtt="$(sed -n 's/.* mqtt=\([^ ]*\).*/\1/p' <<<"$ready")"
+}
+
 echo "smoke: $("${qemu[@]}" "$bin" --version) ($(stat -c %s "$bin") bytes stripped)"
 
 cat > "$work/tidewell.toml" <<TOML
@@ -48,15 +62,7 @@ listen = "127.0.0.1:0"
 [http]
 listen = "127.0.0.1:0"
 TOML
-"${qemu[@]}" "$bin" run --config "$work/tidewell.toml" 2> "$work/stderr" &
-gateway=$!
-for _ in $(seq 1 600); do
-    grep -q "^tidewell: ready" "$work/stderr" && break
-    kill -0 "$gateway" 2>/dev/null || { cat "$work/stderr"; echo "smoke: the gateway died"; exit 1; }
-    sleep 0.1
-done
-ready="$(grep "^tidewell: ready" "$work/stderr")" || { cat "$work/stderr"; echo "smoke: not ready after 60 s"; exit 1; }
-mqtt="$(sed -n 's/.* mqtt=\([^ ]*\).*/\1/p' <<<"$ready")"
+start_gateway "$work/tidewell.toml" "$work/stderr"
 rss_kb="$(awk '/^VmRSS/ {print $2}' "/proc/$gateway/status")"
 echo "smoke: ready ($ready); idle RSS under qemu ${rss_kb} kB, of which the guest's own mappings $(guest_rss_kb "$gateway") kB"
 
@@ -93,15 +99,7 @@ listen = "127.0.0.1:0"
 [upstream]
 bootstrap_servers = "127.0.0.1:$port"
 TOML
-"${qemu[@]}" "$bin" run --config "$work/t2.toml" 2> "$work/stderr2" &
-gateway=$!
-for _ in $(seq 1 600); do
-    grep -q "^tidewell: ready" "$work/stderr2" && break
-    kill -0 "$gateway" 2>/dev/null || { cat "$work/stderr2"; echo "smoke: the gateway died"; exit 1; }
-    sleep 0.1
-done
-ready="$(grep "^tidewell: ready" "$work/stderr2")" || { cat "$work/stderr2"; echo "smoke: not ready after 60 s"; exit 1; }
-mqtt="$(sed -n 's/.* mqtt=\([^ ]*\).*/\1/p' <<<"$ready")"
+start_gateway "$work/t2.toml" "$work/stderr2"
 seq 1 100 | sed 's/^/reading-/' | mosquitto_pub -h "${mqtt%:*}" -p "${mqtt##*:}" -q 1 -i pi1 -t devices/pi1/telemetry -l
 python3 - "$port" <<'PY' || { tail -20 "$work/stderr2"; echo "smoke: replication from aarch64 failed"; exit 1; }
 import sys, time

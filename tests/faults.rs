@@ -398,6 +398,22 @@ impl SmallFs {
     }
 }
 
+impl SmallFs {
+    /// A 4 MiB data directory, or `None` (the test skips) where mounting
+    /// needs a root this run does not have; in CI it must work.
+    fn data_dir(path: &Path) -> Option<SmallFs> {
+        let fs = SmallFs::mount(path, "4m");
+        if fs.is_none() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "mounting a tmpfs needs root"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root");
+        }
+        fs
+    }
+}
+
 impl Drop for SmallFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -412,12 +428,7 @@ impl Drop for SmallFs {
 fn a_full_filesystem_with_reject_new_refuses_and_keeps_everything_acknowledged() {
     let dir = support::temp_dir();
     let data_dir = support::data_dir(dir.path());
-    let Some(_fs) = SmallFs::mount(&data_dir, "4m") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "mounting a tmpfs needs root"
-        );
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(_fs) = SmallFs::data_dir(&data_dir) else {
         return;
     };
     let topic = "when_full = \"reject_new\"";
@@ -468,12 +479,7 @@ min_free_bytes = 1048576
 fn a_full_filesystem_with_drop_oldest_drops_only_the_oldest_and_records_it() {
     let dir = support::temp_dir();
     let data_dir = support::data_dir(dir.path());
-    let Some(_fs) = SmallFs::mount(&data_dir, "4m") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "mounting a tmpfs needs root"
-        );
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(_fs) = SmallFs::data_dir(&data_dir) else {
         return;
     };
     let cfg = local_config(dir.path(), "when_full = \"drop_oldest\"")

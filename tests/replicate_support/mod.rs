@@ -158,21 +158,22 @@ impl Broker {
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
+        let partitions = partitions.to_string();
+        self.cli(&["topic", "create", name, "--partitions", &partitions]);
+    }
+
+    /// Runs a `tansu` admin command against this broker; it must succeed.
+    fn cli(&self, args: &[&str]) {
         let out = Command::new(tansu())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-            ])
+            .args(args)
             .args(["--broker", &format!("tcp://{}", self.bootstrap())])
             .current_dir(&self.dir)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "tansu topic create {name}: {}",
+            "tansu {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -182,17 +183,7 @@ impl Broker {
     /// A SCRAM-SHA-512 user (stored by the broker; takes effect once
     /// authentication is on).
     pub fn create_user(&self, name: &str, password: &str) {
-        let out = Command::new(tansu())
-            .args(["user", "create", name, password, "--mechanism", "scram512"])
-            .args(["--broker", &format!("tcp://{}", self.bootstrap())])
-            .current_dir(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tansu user create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.cli(&["user", "create", name, password, "--mechanism", "scram512"]);
     }
 
     /// Restarts the broker requiring SASL, advertising `advertised_port`
