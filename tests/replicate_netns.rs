@@ -11,6 +11,7 @@ mod support;
 mod upstream;
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +33,16 @@ fn ip(args: &[&str]) {
     );
 }
 
+fn run_ok(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The namespace and veth pair; removed on drop.
 struct Netns {
     name: String,
@@ -41,7 +52,10 @@ struct Netns {
 
 impl Netns {
     fn create() -> Netns {
-        let id = std::process::id() % 10_000;
+        // Unique per test in this process, and across concurrent runs.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() * 4 + n) % 10_000;
         let (name, host_if, ns_if) = (format!("tw{id}"), format!("twh{id}"), format!("twn{id}"));
         let net = format!("10.{}.{}", 200 + id % 50, id % 250);
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
@@ -65,6 +79,31 @@ impl Netns {
             host_if,
             host_ip: format!("{net}.1"),
         }
+    }
+
+    /// A slow uplink, both ways: a token bucket of `rate` (tc tbf; this
+    /// kernel has no netem, so no delay or loss emulation).
+    fn throttle(&self, rate: &str) {
+        let tbf = [
+            "root", "tbf", "rate", rate, "burst", "4kb", "latency", "500ms",
+        ];
+        let mut host = vec!["tc", "qdisc", "add", "dev", self.host_if.as_str()];
+        host.extend_from_slice(&tbf);
+        run_ok(&host);
+        let ns_if = self.host_if.replacen("twh", "twn", 1);
+        let mut ns = vec![
+            "ip",
+            "netns",
+            "exec",
+            self.name.as_str(),
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+        ];
+        ns.push(&ns_if);
+        ns.extend_from_slice(&tbf);
+        run_ok(&ns);
     }
 
     fn link(&self, up: bool) {
@@ -152,16 +191,12 @@ fn publish(ns: &Netns, port: u16, device: &str, seqs: std::ops::Range<usize>) {
     assert!(child.wait().unwrap().success());
 }
 
-#[test]
-fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself() {
-    support::require_mosquitto_clients();
-    let ns = Netns::create();
-    let dir = support::temp_dir();
-    let broker_dir = dir.path().join("broker");
-    std::fs::create_dir_all(&broker_dir).unwrap();
-    let broker = Broker::start_on(&broker_dir, &ns.host_ip);
-    broker.create_topic(REMOTE, 1);
-    let config = format!(
+/// Timeouts short enough for a cut link to show within seconds.
+const SHORT_TIMEOUTS: &str = "message_timeout_ms = 4000\nrequest_timeout_ms = 3000";
+
+/// One partition mirrored to `REMOTE`; `timeouts` go into `[upstream]`.
+fn netns_config(dir: &Path, broker: &Broker, timeouts: &str) -> String {
+    format!(
         r#"{}
 gateway_id = "gw-netns"
 
@@ -182,16 +217,27 @@ listen = "127.0.0.1:0"
 
 [upstream]
 bootstrap_servers = "{}"
-message_timeout_ms = 4000
-request_timeout_ms = 3000
+{timeouts}
 backoff_initial_ms = 200
 backoff_max_ms = 2000
 checkpoint_interval_ms = 200
 dedupe_tail_records = 5000
 "#,
-        support::data_dir_line(dir.path()),
+        support::data_dir_line(dir),
         broker.bootstrap()
-    );
+    )
+}
+
+#[test]
+fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself() {
+    support::require_mosquitto_clients();
+    let ns = Netns::create();
+    let dir = support::temp_dir();
+    let broker_dir = dir.path().join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let broker = Broker::start_on(&broker_dir, &ns.host_ip);
+    broker.create_topic(REMOTE, 1);
+    let config = netns_config(dir.path(), &broker, SHORT_TIMEOUTS);
     let config_path = dir.path().join("tidewell.toml");
     std::fs::write(&config_path, config).unwrap();
     let data_dir = support::data_dir(dir.path());
@@ -239,4 +285,49 @@ dedupe_tail_records = 5000
     // the link returns, when the new session has already read the remote
     // tail: the documented duplicate window (replicate/mod.rs), never loss.
     eprintln!("duplicates upstream after the partition: {duplicates}");
+}
+
+/// A slow uplink (32 kbit/s both ways, as a poor cellular link): ingest
+/// goes on at full speed, replication drains at the link's pace, and every
+/// record arrives once, in order.
+#[test]
+fn a_slow_uplink_drains_everything_in_order() {
+    support::require_mosquitto_clients();
+    let ns = Netns::create();
+    let dir = support::temp_dir();
+    let broker_dir = dir.path().join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let broker = Broker::start_on(&broker_dir, &ns.host_ip);
+    broker.create_topic(REMOTE, 1);
+    let config_path = dir.path().join("tidewell.toml");
+    // The default timeouts (15 s a request, 120 s a record): a 3 s request
+    // timeout fails sessions on a link this slow, and each failed session
+    // can add duplicates (the window in replicate/mod.rs).
+    std::fs::write(&config_path, netns_config(dir.path(), &broker, "")).unwrap();
+    let data_dir = support::data_dir(dir.path());
+    ns.throttle("32kbit");
+    let (gateway, port, stderr) = start_gateway(&ns, &config_path);
+    let _gateway = KillOnDrop(gateway);
+    let started = std::time::Instant::now();
+    publish(&ns, port, "d0", 0..2000);
+    let ingest = started.elapsed();
+    let drained_in = wait_until(Duration::from_secs(180), || drained(&data_dir, 2000));
+    assert!(
+        drained_in,
+        "not drained over the slow link: {:#?}\n{}",
+        status(&data_dir),
+        stderr.lock().unwrap().join("\n")
+    );
+    eprintln!(
+        "slow link: 2000 records ingested in {ingest:?}, drained in {:?}",
+        started.elapsed()
+    );
+    let records = consume_all(&broker.bootstrap(), REMOTE, 1);
+    let (keys, duplicates) = by_key(&records);
+    assert_eq!(
+        keys["d0"],
+        (0..2000).collect::<Vec<_>>(),
+        "every record, in order"
+    );
+    assert_eq!(duplicates, 0, "duplicates over a slow link");
 }
