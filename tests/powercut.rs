@@ -15,7 +15,8 @@
 //! an interval in ms: the last two are expected to fail),
 //! `TIDEWELL_POWERCUT_NOFILE` (the gateway's descriptor limit in the guest;
 //! default 16384 as in systemd/tidewell.service),
-//! `TIDEWELL_POWERCUT_KEEP=1` keeps the work directory. The VM is built by
+//! `TIDEWELL_POWERCUT_KEEP=1` keeps the work directory,
+//! `TIDEWELL_POWERCUT_CONSOLE=1` prints the guest console of every cycle. The VM is built by
 //! `tests/faults/vm/build-initramfs.sh`; see `tests/faults/README.md`.
 
 #[path = "faults/ledger.rs"]
@@ -54,6 +55,8 @@ struct Settings {
     /// unit's 16384).
     nofile: Option<String>,
     keep: bool,
+    /// Print the guest console of every cycle.
+    console: bool,
 }
 
 impl Settings {
@@ -74,6 +77,7 @@ impl Settings {
             seed,
             fsync: var("TIDEWELL_POWERCUT_FSYNC").unwrap_or_else(|| "always".into()),
             nofile: var("TIDEWELL_POWERCUT_NOFILE"),
+            console: var("TIDEWELL_POWERCUT_CONSOLE").is_some_and(|v| v != "0"),
             keep: var("TIDEWELL_POWERCUT_KEEP").is_some_and(|v| v != "0"),
         }
     }
@@ -278,6 +282,9 @@ impl Campaign {
         vm.power_cut();
         let console = vm.console_text();
         driven.map_err(|e| format!("cycle {n} ({cut:?}): {e}\n--- console ---\n{console}"))?;
+        if self.settings.console {
+            eprintln!("--- cycle {n} console ---\n{console}\n---");
+        }
         let (evidence, fs_problems) = self.read_back(&console)?;
         let report = self.ledger.reconcile(&evidence);
         let cycle = Cycle {
