@@ -149,3 +149,30 @@ fn changing_the_partition_count_of_a_topic_on_disk_is_refused() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+/// `run` refuses a route (or the default route) to a topic that is not
+/// configured, so `config check` reports it too.
+#[test]
+fn routes_to_unconfigured_topics_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+data_dir = \"data\"
+
+[topics.telemetry]
+partitions = 1
+
+[[mqtt.routes]]
+filter = \"devices/#\"
+topic = \"telemtry\"
+";
+    let (ok, out) = check(&write(dir.path(), text));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("mqtt.routes[0].topic: no such topic \"telemtry\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("mqtt.default_topic: no such topic \"ingest\""),
+        "{out}"
+    );
+}

@@ -46,6 +46,9 @@ backoff_initial_ms = 100
 backoff_max_ms = 1000
 slow_retry_ms = 1000
 checkpoint_interval_ms = 200
+# Larger upstream batches: tansu, the test broker, reads back many small
+# batches very slowly.
+linger_ms = 100
 
 [[upstream.mirror]]
 local = "{TOPIC}"

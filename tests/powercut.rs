@@ -21,19 +21,20 @@
 
 #[path = "faults/ledger.rs"]
 mod ledger;
+#[path = "faults/load.rs"]
+mod load;
 #[path = "faults/qemu.rs"]
 mod qemu;
 
-use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ledger::{Evidence, Ledger, Report};
 use qemu::{run, Machine, Vm};
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::QoS;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
 /// The log topic the devices' MQTT topics are routed to.
@@ -183,62 +184,6 @@ impl Cut {
     }
 }
 
-/// One device: publishes ledger messages until its connection dies, the n-th
-/// outgoing PUBLISH being the n-th message sent (rumqttc keeps request
-/// order). PUBACK, or PUBREC for QoS 2, marks the message acknowledged: the
-/// gateway sends either only once the record is durable.
-async fn device(
-    port: u16,
-    id: String,
-    qos: QoS,
-    ledger: Arc<Ledger>,
-    stop: Arc<AtomicBool>,
-    seed: u64,
-) {
-    let mut options = MqttOptions::new(id.clone(), "127.0.0.1", port);
-    options.set_credentials(USER, PASSWORD);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_inflight(16);
-    let (client, mut events) = AsyncClient::new(options, 16);
-    let queued: Arc<Mutex<VecDeque<u64>>> = Arc::default();
-    let publisher = tokio::spawn({
-        let (ledger, queued, id) = (ledger.clone(), queued.clone(), id.clone());
-        async move {
-            let mut rng = fastrand::Rng::with_seed(seed);
-            let topic = format!("devices/{id}/telemetry");
-            while !stop.load(Ordering::Relaxed) {
-                let message = ledger.send(&id, rng.usize(ledger::MIN_PAYLOAD_BYTES..400));
-                queued.lock().unwrap().push_back(message.seq);
-                if client
-                    .publish(&topic, qos, false, message.payload)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    });
-    let mut in_flight = HashMap::new();
-    loop {
-        let acked = match events.poll().await {
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let seq = queued.lock().unwrap().pop_front();
-                in_flight.insert(pkid, seq.expect("a publish the ledger saw"));
-                None
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => Some(ack.pkid),
-            Ok(Event::Incoming(Packet::PubRec(rec))) => Some(rec.pkid),
-            Ok(_) => None,
-            Err(_) => break,
-        };
-        if let Some(seq) = acked.and_then(|pkid| in_flight.remove(&pkid)) {
-            ledger.ack(&id, seq);
-        }
-    }
-    publisher.abort();
-}
-
 /// Figures of one cycle.
 #[derive(Debug)]
 struct Cycle {
@@ -356,8 +301,14 @@ impl Campaign {
                 } else {
                     QoS::ExactlyOnce
                 };
-                self.runtime.spawn(device(
-                    vm.port,
+                let target = load::Target {
+                    host: "127.0.0.1".into(),
+                    port: vm.port,
+                    credentials: Some((USER.into(), PASSWORD.into())),
+                    pace: None,
+                };
+                self.runtime.spawn(load::device(
+                    target,
                     format!("pc-{d}"),
                     qos,
                     self.ledger.clone(),

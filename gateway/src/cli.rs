@@ -213,6 +213,7 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    crate::mqtt::raise_fd_limit();
     let log = Log::open(storage()?, config.log_config())
         .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
     let log = Arc::new(log);

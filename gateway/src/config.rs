@@ -110,6 +110,7 @@ impl Config {
         }
         let topics: Vec<&str> = self.topics.keys().map(String::as_str).collect();
         problems.extend(self.mqtt.validate().err());
+        problems.extend(self.unknown_mqtt_topics(&topics));
         problems.extend(self.serial.validate(&topics).err());
         if let Some(upstream) = &self.upstream {
             problems.extend(upstream.validate(&topics).err());
@@ -129,6 +130,34 @@ impl Config {
             ));
         }
         problems
+    }
+
+    /// MQTT routes (and the default route) must name a configured topic,
+    /// or `run` would refuse to start.
+    fn unknown_mqtt_topics(&self, topics: &[&str]) -> Vec<(String, String)> {
+        let missing = |t: &str| !topics.contains(&t);
+        let mut out: Vec<(String, String)> = self
+            .mqtt
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| missing(&r.topic))
+            .map(|(i, r)| {
+                let msg = format!(
+                    "no such topic {:?} (configure [topics.{}])",
+                    r.topic, r.topic
+                );
+                (format!("mqtt.routes[{i}].topic"), msg)
+            })
+            .collect();
+        let default = &self.mqtt.default_topic;
+        if missing(default) {
+            out.push((
+                "mqtt.default_topic".into(),
+                format!("no such topic {default:?}: publishes no route matches go there (configure [topics.{default}] or set default_topic)"),
+            ));
+        }
+        out
     }
 
     pub fn log_config(&self) -> LogConfig {

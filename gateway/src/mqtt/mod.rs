@@ -270,9 +270,12 @@ where
     }
 }
 
-/// Many idle sensors each hold a socket: lift the soft descriptor limit to
-/// the hard one (best effort; the accept loop copes with EMFILE anyway).
-fn raise_fd_limit() {
+/// Many idle sensors each hold a socket, and every segment of the log keeps
+/// its files open: lift the soft descriptor limit to the hard one (best
+/// effort; the accept loop copes with EMFILE anyway). `tidewell run` calls
+/// it before opening the log, so a log that grew under a raised limit can
+/// be reopened.
+pub fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
