@@ -337,12 +337,22 @@ fn readyz(gateway: &Gateway) -> String {
 /// acknowledged before the failure is there.
 #[test]
 fn eio_on_fsync_poisons_the_writer_and_nothing_is_acknowledged_after_it() {
+    eio_campaign("fsync:60", "eio-fsync");
+}
+
+/// The same with segment writes failing (from the 200th on).
+#[test]
+fn eio_on_write_poisons_the_writer_and_nothing_is_acknowledged_after_it() {
+    eio_campaign("write:200", "eio-write");
+}
+
+fn eio_campaign(spec: &str, name: &str) {
     let dir = support::temp_dir();
     let cfg = local_config(dir.path(), "");
     let data_dir = support::data_dir(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let ledger = Arc::new(Ledger::new());
-    let env = [("TIDEWELL_FAULT_EIO", "fsync:60")];
+    let env = [("TIDEWELL_FAULT_EIO", spec)];
     let gateway = Gateway::start_with_env(dir.path(), &cfg, &env);
     let stop = Arc::new(AtomicBool::new(false));
     let devices = start_devices(&runtime, gateway.port(), &ledger, &stop, seed());
@@ -377,9 +387,9 @@ fn eio_on_fsync_poisons_the_writer_and_nothing_is_acknowledged_after_it() {
     let gateway = Gateway::start(dir.path(), &cfg);
     gateway.stop();
     let mut report = ledger.reconcile(&evidence(&data_dir, None));
-    report.row("campaign", "EIO on segment fsync (storage seam)");
-    report.row("fsyncs before the failure", 59);
-    finish(&report, "eio");
+    report.row("campaign", "EIO from the storage seam");
+    report.row("TIDEWELL_FAULT_EIO", spec);
+    finish(&report, name);
     assert!(
         acked_at_poison > 0,
         "nothing acknowledged before the failure"
