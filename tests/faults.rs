@@ -157,7 +157,7 @@ fn stop_devices(
 
 /// What survived: `log verify` damage, the local dump, and (when a broker is
 /// given) what a consumer reads from the remote topic.
-fn evidence(data_dir: &Path, broker: Option<&Broker>) -> Evidence {
+fn evidence(data_dir: &Path, broker: Option<&mut Broker>) -> Evidence {
     let verify = Command::new(BIN)
         .args(["log", "verify", "--json", "--data-dir"])
         .arg(data_dir)
@@ -176,7 +176,7 @@ fn evidence(data_dir: &Path, broker: Option<&Broker>) -> Evidence {
     );
     let local = ledger::found_in_dump(&String::from_utf8_lossy(&dump.stdout), Some(TOPIC)).unwrap();
     let upstream = broker.map(|b| {
-        consume_all(&b.bootstrap(), REMOTE, PARTITIONS as i32)
+        read_upstream(b)
             .into_iter()
             .map(|r| Found {
                 stream: format!("{REMOTE}/{}", r.partition),
@@ -190,6 +190,24 @@ fn evidence(data_dir: &Path, broker: Option<&Broker>) -> Evidence {
         upstream,
         damage: verified.damage,
     }
+}
+
+/// Everything in the remote topic; restarts tansu first if its storage task
+/// panicked (it does under load), and tries again if the read fails.
+fn read_upstream(broker: &mut Broker) -> Vec<upstream::Upstream> {
+    for attempt in 1.. {
+        broker.revive();
+        let bootstrap = broker.bootstrap();
+        let read = std::panic::catch_unwind(|| consume_all(&bootstrap, REMOTE, PARTITIONS as i32));
+        match read {
+            Ok(records) => return records,
+            Err(_) if attempt < 3 => {
+                eprintln!("reading upstream failed (attempt {attempt}); again")
+            }
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+    unreachable!()
 }
 
 fn finish(report: &Report, campaign: &str) {
@@ -297,7 +315,7 @@ fn acknowledged_messages_survive_repeated_sigkills() {
     );
     gateway.stop();
 
-    let mut report = ledger.reconcile(&evidence(&data_dir, Some(&broker)));
+    let mut report = ledger.reconcile(&evidence(&data_dir, Some(&mut broker)));
     report.row("campaign", "process kills (SIGKILL)");
     report.row("seed", seed);
     report.row("kills", kills);

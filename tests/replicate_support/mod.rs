@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -316,6 +316,11 @@ pub fn consume_all_with(
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
             }
+            // librdkafka reconnects by itself: a dropped connection is news,
+            // not the end of the read.
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
+            ))) => {}
             Some(Err(e)) => panic!("consume {topic}: {e}"),
             Some(Ok(m)) => out.push(Upstream {
                 partition: m.partition(),
