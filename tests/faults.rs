@@ -275,19 +275,9 @@ fn acknowledged_messages_survive_repeated_sigkills() {
         if phase == 18 && !broker.is_running() {
             broker.restart();
         }
-        let gateway = Gateway::start(dir.path(), &cfg);
-        let stop = Arc::new(AtomicBool::new(false));
-        let devices = start_devices(&runtime, gateway.port(), &ledger, &stop, rng.u64(..));
-        let (moment, delay) = match rng.u32(0..10) {
-            0 => (Moment::Startup, rng.u64(0..20)),
-            _ if (18..25).contains(&phase) => (Moment::Drain, rng.u64(10..600)),
-            _ => (Moment::Ingest, rng.u64(10..400)),
-        };
+        let draining = (18..25).contains(&phase);
+        let moment = kill_once(dir.path(), &cfg, &runtime, &ledger, &mut rng, draining);
         *moments.entry(moment).or_default() += 1;
-        // The fault's timing is the point here, not a wait for a condition.
-        std::thread::sleep(Duration::from_millis(delay));
-        gateway.kill9();
-        stop_devices(&runtime, &stop, devices);
     }
     if !broker.is_running() {
         broker.restart();
@@ -331,6 +321,66 @@ fn acknowledged_messages_survive_repeated_sigkills() {
         "too little load: {}",
         ledger.acked()
     );
+}
+
+/// Starts the gateway, lets the devices publish, and SIGKILLs it at a
+/// random moment; says which kind of moment.
+fn kill_once(
+    dir: &Path,
+    cfg: &str,
+    runtime: &tokio::runtime::Runtime,
+    ledger: &Arc<Ledger>,
+    rng: &mut fastrand::Rng,
+    draining: bool,
+) -> Moment {
+    let gateway = Gateway::start(dir, cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let devices = start_devices(runtime, gateway.port(), ledger, &stop, rng.u64(..));
+    let (moment, delay) = match rng.u32(0..10) {
+        0 => (Moment::Startup, rng.u64(0..20)),
+        _ if draining => (Moment::Drain, rng.u64(10..600)),
+        _ => (Moment::Ingest, rng.u64(10..400)),
+    };
+    // The fault's timing is the point here, not a wait for a condition.
+    std::thread::sleep(Duration::from_millis(delay));
+    gateway.kill9();
+    stop_devices(runtime, &stop, devices);
+    moment
+}
+
+/// The same kills without an upstream (buffer-only, nothing trimmed), so a
+/// long run is not bounded by the test broker: `TIDEWELL_FAULT_KILLS_LOCAL`
+/// (default 100) kills, then every acknowledged message must be in the log.
+#[test]
+fn acknowledged_messages_survive_repeated_sigkills_buffer_only() {
+    let kills: usize = std::env::var("TIDEWELL_FAULT_KILLS_LOCAL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let seed = seed();
+    println!("buffer-only process campaign: {kills} kills, seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = support::temp_dir();
+    let cfg = local_config(dir.path(), "");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ledger = Arc::new(Ledger::new());
+    let started = Instant::now();
+    let mut moments = std::collections::BTreeMap::<Moment, usize>::new();
+    for _ in 0..kills {
+        let moment = kill_once(dir.path(), &cfg, &runtime, &ledger, &mut rng, false);
+        *moments.entry(moment).or_default() += 1;
+    }
+    Gateway::start(dir.path(), &cfg).stop();
+    let mut report = ledger.reconcile(&evidence(&support::data_dir(dir.path()), None));
+    report.row("campaign", "process kills (SIGKILL), buffer-only");
+    report.row("seed", seed);
+    report.row("kills", kills);
+    for (moment, n) in &moments {
+        report.row(&format!("kills during {moment:?}"), n);
+    }
+    report.row("time", format!("{:.0} s", started.elapsed().as_secs_f64()));
+    finish(&report, "process-local");
+    assert!(ledger.acked() > kills as u64, "too little load");
 }
 
 fn metric(gateway: &Gateway, name: &str) -> f64 {
