@@ -228,8 +228,9 @@ dedupe_tail_records = 5000
     )
 }
 
-#[test]
-fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself() {
+/// A namespace, a temp dir, and a broker on the host side of the veth with
+/// `REMOTE` created.
+fn setup() -> (Netns, tempfile::TempDir, Broker) {
     support::require_mosquitto_clients();
     let ns = Netns::create();
     let dir = support::temp_dir();
@@ -237,6 +238,12 @@ fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself()
     std::fs::create_dir_all(&broker_dir).unwrap();
     let broker = Broker::start_on(&broker_dir, &ns.host_ip);
     broker.create_topic(REMOTE, 1);
+    (ns, dir, broker)
+}
+
+#[test]
+fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself() {
+    let (ns, dir, broker) = setup();
     let config = netns_config(dir.path(), &broker, SHORT_TIMEOUTS);
     let config_path = dir.path().join("tidewell.toml");
     std::fs::write(&config_path, config).unwrap();
@@ -292,13 +299,7 @@ fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself()
 /// record arrives once, in order.
 #[test]
 fn a_slow_uplink_drains_everything_in_order() {
-    support::require_mosquitto_clients();
-    let ns = Netns::create();
-    let dir = support::temp_dir();
-    let broker_dir = dir.path().join("broker");
-    std::fs::create_dir_all(&broker_dir).unwrap();
-    let broker = Broker::start_on(&broker_dir, &ns.host_ip);
-    broker.create_topic(REMOTE, 1);
+    let (ns, dir, broker) = setup();
     let config_path = dir.path().join("tidewell.toml");
     // The default timeouts (15 s a request, 120 s a record): a 3 s request
     // timeout fails sessions on a link this slow, and each failed session
