@@ -74,7 +74,7 @@ pub enum AppendError {
     Empty,
     #[error("batch too large: {0}")]
     TooLarge(String),
-    #[error("the log is closed")]
+    #[error("the log writer stopped before this append was durable (a clean stop, or a storage failure reported in the log)")]
     Closed,
     #[error("the log writer is behind; try again shortly")]
     Overloaded,
