@@ -387,14 +387,8 @@ fn a_missing_remote_topic_is_reported_and_retried_until_created() {
         "{error}"
     );
     assert!(gateway.stderr_contains("ERROR"), "logged as an error");
-    let http = gateway.http_addr.expect("http address").to_string();
-    let metrics = tidewell::http::get(&http, "/metrics").unwrap();
-    let counted = metrics
-        .lines()
-        .find(|l| l.starts_with("tidewell_upstream_missing_topic_errors_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok());
-    assert!(counted >= Some(2.0), "metric: {counted:?}");
+    let counted = gateway.metric("tidewell_upstream_missing_topic_errors_total");
+    assert!(counted >= 2.0, "metric: {counted}");
     assert!(!drained(&data_dir, 200), "nothing replicated yet");
 
     broker.create_topic(REMOTE, PARTITIONS);

@@ -112,6 +112,17 @@ impl Gateway {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The sum of the `/metrics` samples whose line starts with `name`
+    /// (a family name, or a name with its labels); 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        let http = self.http_addr.expect("http address").to_string();
+        let text = tidewell::http::get(&http, "/metrics").unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn stderr_contains(&self, needle: &str) -> bool {
         self.stderr
             .lock()
@@ -130,6 +141,14 @@ impl Drop for Gateway {
 
 /// `tidewell log dump` of `data_dir`, one JSON value per record.
 pub fn dump(data_dir: &Path) -> Vec<serde_json::Value> {
+    dump_text(data_dir)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `tidewell log dump` of `data_dir` as printed: one JSON object a line.
+pub fn dump_text(data_dir: &Path) -> String {
     let out = Command::new(BIN)
         .args(["log", "dump", "--data-dir"])
         .arg(data_dir)
@@ -140,11 +159,7 @@ pub fn dump(data_dir: &Path) -> Vec<serde_json::Value> {
         "log dump failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The value of header `name` of a dumped record.

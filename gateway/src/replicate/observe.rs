@@ -79,85 +79,18 @@ impl crate::http::Source for Observer {
                 ]
             })
             .collect();
-        let family = |w: &mut Writer,
-                      name: &str,
-                      kind: &str,
-                      help: &str,
-                      f: &dyn Fn(&super::status::PartitionStatus) -> u64| {
-            let owned: Vec<Vec<(&str, &str)>> = labels
-                .iter()
-                .map(|l| l.iter().map(|(k, v)| (*k, v.as_str())).collect())
-                .collect();
+        let owned: Vec<Vec<(&str, &str)>> = labels
+            .iter()
+            .map(|l| l.iter().map(|(k, v)| (*k, v.as_str())).collect())
+            .collect();
+        for (name, kind, help, value) in PARTITION_FAMILIES {
             let samples: Vec<(&[(&str, &str)], f64)> = owned
                 .iter()
                 .zip(&s.partitions)
-                .map(|(l, p)| (l.as_slice(), f(p) as f64))
+                .map(|(l, p)| (l.as_slice(), value(p) as f64))
                 .collect();
             w.family(name, kind, help, &samples);
-        };
-        family(
-            w,
-            "tidewell_upstream_backlog_records",
-            "gauge",
-            "Records not yet acknowledged upstream.",
-            &|p| p.backlog_records,
-        );
-        family(
-            w,
-            "tidewell_upstream_backlog_bytes",
-            "gauge",
-            "Bytes on disk not yet acknowledged upstream (estimate).",
-            &|p| p.backlog_bytes,
-        );
-        family(
-            w,
-            "tidewell_upstream_in_flight_records",
-            "gauge",
-            "Records sent and awaiting acknowledgement.",
-            &|p| p.in_flight_records,
-        );
-        family(
-            w,
-            "tidewell_upstream_sent_records_total",
-            "counter",
-            "Records handed to the producer (this process).",
-            &|p| p.counters.sent_records,
-        );
-        family(
-            w,
-            "tidewell_upstream_acked_records_total",
-            "counter",
-            "Records acknowledged upstream (this process).",
-            &|p| p.counters.acked_records,
-        );
-        family(
-            w,
-            "tidewell_upstream_skipped_records_total",
-            "counter",
-            "Records not sent because they were found upstream already (restart dedupe).",
-            &|p| p.counters.skipped_upstream,
-        );
-        family(
-            w,
-            "tidewell_upstream_gap_records_total",
-            "counter",
-            "Records dropped locally (quota) before replication, met by the replicator.",
-            &|p| p.counters.gap_records,
-        );
-        family(
-            w,
-            "tidewell_upstream_corrupt_records_total",
-            "counter",
-            "Records skipped because the local log is damaged.",
-            &|p| p.counters.corrupt_records,
-        );
-        family(
-            w,
-            "tidewell_upstream_delivery_errors_total",
-            "counter",
-            "Records whose delivery failed (the session is rebuilt, nothing is skipped).",
-            &|p| p.counters.delivery_errors,
-        );
+        }
     }
 
     fn status(&self) -> serde_json::Value {
@@ -171,3 +104,63 @@ impl crate::http::Source for Observer {
         value
     }
 }
+
+/// The per-partition families: name, kind, help, and the value of one
+/// partition's status.
+type PartitionValue = fn(&super::status::PartitionStatus) -> u64;
+const PARTITION_FAMILIES: [(&str, &str, &str, PartitionValue); 9] = [
+    (
+        "tidewell_upstream_backlog_records",
+        "gauge",
+        "Records not yet acknowledged upstream.",
+        |p| p.backlog_records,
+    ),
+    (
+        "tidewell_upstream_backlog_bytes",
+        "gauge",
+        "Bytes on disk not yet acknowledged upstream (estimate).",
+        |p| p.backlog_bytes,
+    ),
+    (
+        "tidewell_upstream_in_flight_records",
+        "gauge",
+        "Records sent and awaiting acknowledgement.",
+        |p| p.in_flight_records,
+    ),
+    (
+        "tidewell_upstream_sent_records_total",
+        "counter",
+        "Records handed to the producer (this process).",
+        |p| p.counters.sent_records,
+    ),
+    (
+        "tidewell_upstream_acked_records_total",
+        "counter",
+        "Records acknowledged upstream (this process).",
+        |p| p.counters.acked_records,
+    ),
+    (
+        "tidewell_upstream_skipped_records_total",
+        "counter",
+        "Records not sent because they were found upstream already (restart dedupe).",
+        |p| p.counters.skipped_upstream,
+    ),
+    (
+        "tidewell_upstream_gap_records_total",
+        "counter",
+        "Records dropped locally (quota) before replication, met by the replicator.",
+        |p| p.counters.gap_records,
+    ),
+    (
+        "tidewell_upstream_corrupt_records_total",
+        "counter",
+        "Records skipped because the local log is damaged.",
+        |p| p.counters.corrupt_records,
+    ),
+    (
+        "tidewell_upstream_delivery_errors_total",
+        "counter",
+        "Records whose delivery failed (the session is rebuilt, nothing is skipped).",
+        |p| p.counters.delivery_errors,
+    ),
+];
