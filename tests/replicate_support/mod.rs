@@ -374,7 +374,9 @@ while open_parts:
                       'value': m.value().decode('utf-8', 'replace'), 'headers': h}))
 "#;
 
-/// Every record of `topic` as JSON values, read by confluent-kafka (Python).
+/// Every record of `topic` as JSON values, read by confluent-kafka (Python),
+/// sorted by (partition, offset): the consumer interleaves partitions in
+/// whatever order its fetches return.
 pub fn consume_all_python(
     dir: &Path,
     bootstrap: &str,
@@ -393,11 +395,13 @@ pub fn consume_all_python(
         "confluent-kafka consumer failed (pip install confluent-kafka): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
+    let mut records: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+        .collect();
+    records.sort_by_key(|r| (r["partition"].as_i64(), r["offset"].as_i64()));
+    records
 }
 
 /// Publishes `devices/<device>/temp` with payloads `<device>:<seq>` for every
