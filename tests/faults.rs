@@ -524,13 +524,17 @@ min_free_bytes = 1048576
     let full = wait_until(Duration::from_secs(60), || {
         rounds += 1;
         let stop = Arc::new(AtomicBool::new(false));
-        let devices = start_paced(&runtime, gateway.port(), &ledger, &stop, seed(), None);
+        let mut devices = start_paced(&runtime, gateway.port(), &ledger, &stop, seed(), None);
+        // Up to 2 s of publishing, then every device of this round is
+        // stopped and joined: the next round reuses the client ids.
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
         runtime.block_on(async {
-            for d in devices {
-                let _ = tokio::time::timeout(Duration::from_secs(2), d).await;
+            for d in &mut devices {
+                let _ = tokio::time::timeout_at(until, d).await;
             }
         });
-        stop.store(true, Ordering::Relaxed);
+        devices.retain(|d| !d.is_finished());
+        stop_devices(&runtime, &stop, devices);
         gateway.metric("tidewell_log_rejected_records_total") > 0.0
     });
     assert!(full, "the filesystem never filled");

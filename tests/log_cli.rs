@@ -254,11 +254,39 @@ fn verify_and_dump_refuse_a_missing_directory_clearly() {
     assert!(text(&out).1.contains("no topic \"nope\""));
 }
 
+/// `tidewell run` with no config. The defaults bind fixed loopback ports
+/// (1883, 9464), which a broker installed on the machine (Debian starts
+/// mosquitto on 1883) may hold: as root the run gets a network namespace of
+/// its own, with only a loopback, so the test measures Tidewell alone.
+fn embedded_defaults_run() -> Command {
+    let bin = env!("CARGO_BIN_EXE_tidewell");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let isolated = root
+        && Command::new("unshare")
+            .args(["--net", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !isolated {
+        let mut command = Command::new(bin);
+        command.arg("run");
+        return command;
+    }
+    let mut command = Command::new("unshare");
+    command.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && exec \"$0\" run",
+        bin,
+    ]);
+    command
+}
+
 #[test]
 fn run_on_embedded_defaults_creates_the_log_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewell"))
-        .arg("run")
+    let mut child = embedded_defaults_run()
         .current_dir(dir.path())
         .env("TIDEWELL_LOG", "info")
         .stdout(Stdio::null())

@@ -12,7 +12,7 @@ mod upstream;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::Gateway;
 use upstream::{
@@ -189,7 +189,12 @@ fn sorted(records: &[upstream::Upstream]) -> Vec<upstream::Upstream> {
 #[test]
 fn broker_outage_loses_nothing_and_duplicates_nothing() {
     let (dir, mut broker) = setup();
-    let gateway = Gateway::start(dir.path(), &config(dir.path(), &broker, "", ""));
+    // The outage shows as transport errors; a message timeout long enough
+    // that a slow broker working through the backlog does not fail the
+    // session (a failed session opens the documented duplicate window).
+    let cfg = config(dir.path(), &broker, "", "")
+        .replace("message_timeout_ms = 5000", "message_timeout_ms = 60000");
+    let gateway = Gateway::start(dir.path(), &cfg);
     let data_dir = support::data_dir(dir.path());
     publish_devices(gateway.port(), 4, 0..125);
     wait_drained(&gateway, &data_dir, 500, Duration::from_secs(60));
@@ -222,7 +227,7 @@ fn broker_outage_loses_nothing_and_duplicates_nothing() {
 fn sigkill_while_draining_adds_no_duplicates() {
     let (dir, mut broker) = setup();
     // A capped uplink so the drain takes seconds and the kills land mid-drain.
-    let extra = "bandwidth_bytes_per_s = 60000\nmax_in_flight_records = 1000\n";
+    let extra = "bandwidth_bytes_per_s = 40000\nmax_in_flight_records = 1000\n";
     let cfg = config(dir.path(), &broker, "", extra);
     let data_dir = support::data_dir(dir.path());
     let gateway = Gateway::start(dir.path(), &cfg);
@@ -257,6 +262,49 @@ fn sigkill_while_draining_adds_no_duplicates() {
     eprintln!("sigkill test: {kills} kills while draining, {duplicates} duplicates upstream");
     assert!(kills >= 3, "the drain ended before enough kills ({kills})");
     assert_eq!(duplicates, 0, "duplicates after {kills} kills");
+    gateway.stop();
+}
+
+/// `bandwidth_bytes_per_s` holds a backlog's drain to the cap, counting
+/// every byte a record carries upstream: key, value and headers (ours
+/// included), so small records with many headers are not undercounted.
+#[test]
+fn the_bandwidth_cap_paces_a_backlog_drain() {
+    const CAP: u64 = 20_000;
+    let (dir, mut broker) = setup();
+    let cfg = config(
+        dir.path(),
+        &broker,
+        "",
+        &format!("bandwidth_bytes_per_s = {CAP}\n"),
+    );
+    let data_dir = support::data_dir(dir.path());
+    let gateway = Gateway::start(dir.path(), &cfg);
+    broker.stop();
+    publish_devices(gateway.port(), 4, 0..500);
+    broker.restart();
+    let started = Instant::now();
+    wait_drained(&gateway, &data_dir, 2000, Duration::from_secs(120));
+    let elapsed = started.elapsed();
+
+    assert_eq!(assert_complete(&broker, 4, 500), 0, "duplicates");
+    let records = consume_all(&broker.bootstrap(), REMOTE, PARTITIONS as i32);
+    let bytes: usize = records
+        .iter()
+        .map(|r| {
+            let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+            r.key.as_ref().map_or(0, Vec::len) + r.value.len() + headers
+        })
+        .sum();
+    // One second of burst is allowed on top of the rate.
+    let floor = Duration::from_secs_f64((bytes as f64 / CAP as f64 - 1.0).max(0.0));
+    eprintln!(
+        "bandwidth cap {CAP} B/s: {bytes} record bytes drained in {elapsed:?} (floor {floor:?})"
+    );
+    assert!(
+        elapsed >= floor,
+        "{bytes} bytes upstream in {elapsed:?} at a cap of {CAP} B/s"
+    );
     gateway.stop();
 }
 
@@ -331,14 +379,21 @@ fn quota_drops_only_the_oldest_and_replication_reports_the_gap() {
 }
 
 /// librdkafka raises a fatal idempotence error (the kind a fenced producer
-/// or an unknown producer id brings) every 400 acknowledgements: each time
+/// or an unknown producer id brings) every 300 acknowledgements: each time
 /// the producer is recreated and replication resumes from the cursor, with
 /// nothing skipped.
 #[test]
 fn fatal_producer_errors_recreate_the_producer_and_skip_nothing() {
     let (dir, broker) = setup();
-    let cfg = config(dir.path(), &broker, "", "max_in_flight_records = 500\n");
-    let env = [("TIDEWELL_FAULT_FATAL_AFTER_ACKS", "400")];
+    // The old producer's last requests can still be in the broker when it
+    // is dropped: a one-second backoff lets them land before the new
+    // session reads the remote tail (otherwise the documented window).
+    // A session moves 300 acknowledged records plus what is in flight (at
+    // most 100 per partition) by the time the error is reported, so 4,000
+    // records take several sessions (5 in the runs here).
+    let cfg = config(dir.path(), &broker, "", "max_in_flight_records = 100\n")
+        .replace("backoff_initial_ms = 100", "backoff_initial_ms = 1000");
+    let env = [("TIDEWELL_FAULT_FATAL_AFTER_ACKS", "300")];
     let gateway = Gateway::start_with_env(dir.path(), &cfg, &env);
     let data_dir = support::data_dir(dir.path());
     publish_devices(gateway.port(), 4, 0..1000);

@@ -301,10 +301,12 @@ fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself()
 fn a_slow_uplink_drains_everything_in_order() {
     let (ns, dir, broker) = setup();
     let config_path = dir.path().join("tidewell.toml");
-    // The default timeouts (15 s a request, 120 s a record): a 3 s request
-    // timeout fails sessions on a link this slow, and each failed session
-    // can add duplicates (the window in replicate/mod.rs).
-    std::fs::write(&config_path, netns_config(dir.path(), &broker, "")).unwrap();
+    // Timeouts for a link this slow (the defaults are 15 s a request and
+    // 120 s a record; 3 s fails sessions here, and each failed session can
+    // add duplicates: the window in replicate/mod.rs). 30 s a request is
+    // Kafka's own default, and leaves room on a loaded machine.
+    let timeouts = "request_timeout_ms = 30000\nmessage_timeout_ms = 300000";
+    std::fs::write(&config_path, netns_config(dir.path(), &broker, timeouts)).unwrap();
     let data_dir = support::data_dir(dir.path());
     ns.throttle("32kbit");
     let (gateway, port, stderr) = start_gateway(&ns, &config_path);

@@ -277,8 +277,9 @@ fn an_unplugged_port_is_picked_up_again_when_it_returns() {
         &[
             "--count",
             "2000",
+            // 8 s of readings: the unplug lands well before the last one.
             "--rate",
-            "500",
+            "250",
             "--batch",
             "4",
             "--baud",

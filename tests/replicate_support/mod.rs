@@ -294,9 +294,14 @@ pub fn consume_all_with(
     let mut tpl = TopicPartitionList::new();
     let mut open = std::collections::BTreeSet::new();
     for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
+        // A busy broker can miss one metadata deadline: retry a few.
+        let (low, high) = (0..6)
+            .find_map(|_| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no watermarks for {topic}/{p} within 60 s"));
         if high > low {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .unwrap();
@@ -308,9 +313,15 @@ pub fn consume_all_with(
         return out;
     }
     consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
+    // An idle deadline: a long read that keeps moving is not cut short.
+    const IDLE: Duration = Duration::from_secs(120);
+    let mut deadline = Instant::now() + IDLE;
     while !open.is_empty() {
-        assert!(Instant::now() < deadline, "consuming {topic} timed out");
+        assert!(
+            Instant::now() < deadline,
+            "consuming {topic}: nothing for {IDLE:?} ({} records read)",
+            out.len()
+        );
         match consumer.poll(Duration::from_millis(500)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -322,20 +333,23 @@ pub fn consume_all_with(
                 RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
             ))) => {}
             Some(Err(e)) => panic!("consume {topic}: {e}"),
-            Some(Ok(m)) => out.push(Upstream {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().unwrap_or_default().to_vec(),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
+            Some(Ok(m)) => {
+                deadline = Instant::now() + IDLE;
+                out.push(Upstream {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
         }
     }
     out
@@ -348,8 +362,15 @@ bootstrap, topic, partitions = sys.argv[1], sys.argv[2], int(sys.argv[3])
 c = Consumer({'bootstrap.servers': bootstrap, 'group.id': 'replicate-test-py',
               'enable.auto.commit': False, 'enable.partition.eof': True})
 parts = []
+def watermarks(p):
+    for attempt in range(6):
+        try:
+            return c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        except Exception as e:  # a busy broker can miss one deadline
+            err = e
+    sys.exit('no watermarks for %s/%d: %s' % (topic, p, err))
 for p in range(partitions):
-    lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+    lo, hi = watermarks(p)
     if hi > lo:
         parts.append(TopicPartition(topic, p, lo))
 c.assign(parts)
@@ -360,9 +381,10 @@ while open_parts:
     m = c.poll(1)
     if m is None:
         if time.time() > deadline:
-            sys.exit('timed out with %d records, open partitions %s' % (count, open_parts))
+            sys.exit('nothing for 120 s after %d records, open partitions %s' % (count, open_parts))
         continue
     count += 1
+    deadline = time.time() + 120
     if m.error():
         if m.error().code() == KafkaError._PARTITION_EOF:
             open_parts.discard(m.partition())

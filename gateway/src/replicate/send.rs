@@ -100,7 +100,7 @@ pub fn fill_stream(
                 moved = true;
                 continue;
             }
-            let bytes = record.record.payload_len() as u64 + 16;
+            let bytes = upstream_bytes(gateway_id, stream, record);
             if !send(producer, session, gateway_id, stream, record)? {
                 return Ok(moved); // librdkafka's queue is full: wait for acks
             }
@@ -112,6 +112,29 @@ pub fn fill_stream(
             moved = true;
         }
     }
+}
+
+/// Framing a record costs upstream besides its bytes (length, attributes,
+/// timestamp and offset deltas, header counts), roughly.
+const RECORD_OVERHEAD: u64 = 16;
+
+/// What one record weighs upstream, before compression: key, value, the
+/// ingest headers and the four `tidewell.*` headers `send` adds, plus
+/// framing. The bandwidth cap and the in-flight byte window count this.
+fn upstream_bytes(gateway_id: &str, stream: &Stream, stored: &StoredRecord) -> u64 {
+    let ours = H_GATEWAY.len()
+        + gateway_id.len()
+        + H_TOPIC.len()
+        + stream.topic.len()
+        + H_PARTITION.len()
+        + decimal_len(u64::from(stream.partition.0))
+        + H_OFFSET.len()
+        + decimal_len(stored.offset.0);
+    (stored.record.payload_len() + ours) as u64 + RECORD_OVERHEAD
+}
+
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// Hands one record to the producer; false when its queue is full.
@@ -203,4 +226,16 @@ fn skip_unreadable(stream: &mut Stream, e: ReadError) -> bool {
     }
     stream.skip(from, to);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal_len;
+
+    #[test]
+    fn decimal_len_counts_the_digits_of_the_offset_header() {
+        for n in [0u64, 9, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+        }
+    }
 }

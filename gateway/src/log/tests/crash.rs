@@ -170,7 +170,8 @@ fn acknowledged_records_survive_a_power_cut_at_every_operation() {
         }
     }
     eprintln!("crash points exercised: {points}");
-    assert!(points > 2000, "only {points} crash points were exercised");
+    // About 3,200 here; how many depends on how the writer groups appends.
+    assert!(points > 1000, "only {points} crash points were exercised");
 }
 
 #[test]
