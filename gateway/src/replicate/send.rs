@@ -40,8 +40,10 @@ impl Bucket {
         }
     }
 
-    /// Bytes that may be sent now (0: wait). A read may overshoot by one
-    /// record; the debt is paid before the next.
+    /// Bytes that may be sent now (0: wait). A read may overshoot: it
+    /// returns whole records, and the log's byte budget does not count the
+    /// `tidewell.*` headers that `upstream_bytes` does. The debt is paid
+    /// before the next read, so the rate holds on average.
     fn allowance(&mut self) -> u64 {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
