@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod log;
 pub mod mqtt;
+pub mod net;
 pub mod replicate;
 pub mod serial;
 pub mod systemd;

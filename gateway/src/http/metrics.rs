@@ -348,6 +348,7 @@ fn mqtt_metrics(w: &mut Writer, m: &crate::mqtt::stats::MqttStats) {
         "Connections and publishes refused or closed, by reason.",
         samples,
     );
+    gate_metrics(w, &m.gate);
     w.counter(
         "tidewell_mqtt_deliveries_total",
         "Records delivered to local subscribers.",
@@ -357,6 +358,36 @@ fn mqtt_metrics(w: &mut Writer, m: &crate::mqtt::stats::MqttStats) {
         "tidewell_mqtt_deliveries_lagged_total",
         "Records a slow local subscriber missed.",
         get(&m.deliveries_lagged),
+    );
+}
+
+fn gate_metrics(w: &mut Writer, g: &crate::mqtt::gate::GateStats) {
+    w.counter(
+        "tidewell_mqtt_auth_checks_total",
+        "Password checks (argon2) run.",
+        get(&g.checks),
+    );
+    w.counter(
+        "tidewell_mqtt_auth_cache_hits_total",
+        "CONNECTs let in by a recently verified credential, without a check.",
+        get(&g.cache_hits),
+    );
+    w.gauge(
+        "tidewell_mqtt_auth_waiting",
+        "Connections waiting for a password check now.",
+        g.waiting.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    let refusals = [("throttled", &g.throttled), ("busy", &g.busy)];
+    let samples: Vec<(Vec<(&str, &str)>, f64)> = refusals
+        .iter()
+        .map(|(r, c)| (vec![("reason", *r)], get(c) as f64))
+        .collect();
+    emit(
+        w,
+        "tidewell_mqtt_auth_refusals_total",
+        "counter",
+        "CONNECTs refused without a password check: recent failures from the client id or address (throttled), or too many waiting (busy).",
+        samples,
     );
 }
 

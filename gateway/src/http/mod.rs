@@ -17,15 +17,20 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 pub use config::HttpConfig;
 
 use crate::log::Log;
 use crate::mqtt::stats::MqttStats;
+use crate::net::Acceptor;
 use crate::serial::SerialStats;
 
 const MAX_REQUEST_BYTES: usize = 8192;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests served at once (a scraper and an operator need a few); each
+/// holds a descriptor and its buffers for at most `REQUEST_TIMEOUT`.
+const MAX_CONNECTIONS: usize = 32;
 
 /// A part of the gateway that reports metrics and status (the replicator
 /// plugs in here).
@@ -78,16 +83,21 @@ impl Drop for HttpServer {
 }
 
 pub async fn start(config: &HttpConfig, observed: Arc<Observed>) -> std::io::Result<HttpServer> {
-    let listener = TcpListener::bind(config.listen).await?;
+    let mut listener = Acceptor::new(TcpListener::bind(config.listen).await?, "http");
     let local_addr = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
+            // Wait for a free slot before accepting: excess clients wait in
+            // the kernel's backlog, costing us nothing.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
             };
+            let (socket, _) = listener.accept().await;
             let observed = observed.clone();
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(socket, &observed)).await;
+                drop(slot);
             });
         }
     });

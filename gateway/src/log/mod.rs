@@ -107,6 +107,7 @@
 //! under `reject_new` appends are refused with [`AppendError::QuotaExceeded`].
 
 pub mod batch;
+mod capacity;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -134,6 +135,7 @@ use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
+pub use capacity::Capacity;
 pub use config::{FsyncPolicy, LogConfig, TopicConfig, WhenFull};
 pub use error::{AppendError, CheckpointError, OpenError, ReadError, StorageError};
 pub use partition::{Finding, Mode, PartitionLog, PartitionMeta};
@@ -173,6 +175,10 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Bytes queued for the writer and not yet taken.
     pub pending_bytes: AtomicU64,
+    /// Sources waiting for `pending_bytes` to fall below the limit.
+    pub capacity: capacity::Waiters,
+    /// Set when the writer has stopped (appends fail with `Closed`).
+    pub writer_stopped: std::sync::atomic::AtomicBool,
     poisoned: Mutex<Option<String>>,
 }
 
@@ -188,13 +194,25 @@ impl Shared {
             topics,
             stats: Stats::default(),
             pending_bytes: AtomicU64::new(0),
+            capacity: capacity::Waiters::default(),
+            writer_stopped: std::sync::atomic::AtomicBool::new(false),
             poisoned: Mutex::new(None),
         })
+    }
+
+    /// Whether an append would not be refused as `Overloaded` now (or would
+    /// fail for a reason waiting cannot cure).
+    fn has_room(&self) -> bool {
+        self.pending_bytes.load(Ordering::Acquire) < self.config.max_pending_bytes
+            || self.writer_stopped.load(Ordering::Acquire)
+            || self.poison_reason().is_some()
     }
 
     fn poison(&self, reason: String) {
         let mut p = self.poisoned.lock().unwrap_or_else(PoisonError::into_inner);
         p.get_or_insert(reason);
+        drop(p);
+        self.capacity.wake_all();
     }
 
     fn poison_reason(&self) -> Option<String> {
@@ -302,7 +320,64 @@ impl Log {
         partition: Partition,
         records: Vec<Record>,
     ) -> Result<AppendTicket, AppendError> {
-        let tx = self.tx.as_ref().ok_or(AppendError::Closed)?;
+        self.try_append(topic, partition, records)
+            .map_err(|refused| refused.0)
+    }
+
+    /// [`Log::append`], handing the records back when it refuses them, so a
+    /// caller can await [`Log::capacity`] after `Overloaded` and retry
+    /// without having copied them.
+    pub fn try_append(
+        &self,
+        topic: &str,
+        partition: Partition,
+        records: Vec<Record>,
+    ) -> Result<AppendTicket, (AppendError, Vec<Record>)> {
+        let (topic_log, part, bytes) = match self.check_append(topic, partition, &records) {
+            Ok(checked) => checked,
+            Err(e) => return Err((e, records)),
+        };
+        let pending = self
+            .shared
+            .pending_bytes
+            .fetch_add(bytes as u64, Ordering::AcqRel);
+        if pending > self.shared.config.max_pending_bytes {
+            self.shared
+                .pending_bytes
+                .fetch_sub(bytes as u64, Ordering::AcqRel);
+            return Err((AppendError::Overloaded, records));
+        }
+        let (ticket, done) = ticket::pair();
+        let request = Request {
+            topic: topic_log.clone(),
+            part: part.clone(),
+            records,
+            bytes,
+            done,
+        };
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| (AppendError::Closed, Vec::new()))?;
+        tx.send(Msg::Append(request))
+            .map_err(|unsent| match unsent.0 {
+                Msg::Append(request) => (AppendError::Closed, request.records),
+                _ => (AppendError::Closed, Vec::new()),
+            })?;
+        Ok(ticket)
+    }
+
+    /// Why `records` cannot be appended to `topic`/`partition`, or where
+    /// they go and their accounted size.
+    fn check_append(
+        &self,
+        topic: &str,
+        partition: Partition,
+        records: &[Record],
+    ) -> Result<(&Arc<TopicLog>, &Arc<PartitionLog>, usize), AppendError> {
+        if self.tx.is_none() {
+            return Err(AppendError::Closed);
+        }
         if let Some(reason) = self.shared.poison_reason() {
             return Err(AppendError::Poisoned(reason));
         }
@@ -325,27 +400,15 @@ impl Log {
                 "{bytes} bytes in one append, at most {MAX_APPEND_BYTES}"
             )));
         }
-        let pending = self
-            .shared
-            .pending_bytes
-            .fetch_add(bytes as u64, Ordering::AcqRel);
-        if pending > self.shared.config.max_pending_bytes {
-            self.shared
-                .pending_bytes
-                .fetch_sub(bytes as u64, Ordering::AcqRel);
-            return Err(AppendError::Overloaded);
+        Ok((topic_log, part, bytes))
+    }
+
+    /// Resolves once an append would find room in the writer's queue; await
+    /// it after [`AppendError::Overloaded`] instead of retrying on a timer.
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            shared: self.shared.clone(),
         }
-        let (ticket, done) = ticket::pair();
-        let request = Request {
-            topic: topic_log.clone(),
-            part: part.clone(),
-            records,
-            bytes,
-            done,
-        };
-        tx.send(Msg::Append(request))
-            .map_err(|_| AppendError::Closed)?;
-        Ok(ticket)
     }
 
     /// Reads durable records of a partition from `from` on (about `max_bytes`).

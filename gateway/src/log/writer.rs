@@ -97,6 +97,8 @@ impl Writer {
             }
         }
         self.shutdown();
+        self.shared.writer_stopped.store(true, Ordering::Release);
+        self.shared.capacity.wake_all();
     }
 
     /// Takes `first` and everything queued behind it. When the last fsync
@@ -126,6 +128,7 @@ impl Writer {
                     self.shared
                         .pending_bytes
                         .fetch_sub(req.bytes as u64, Ordering::AcqRel);
+                    self.shared.capacity.wake_all();
                     group.push(req);
                 }
             }

@@ -2,15 +2,19 @@
 //! configuration, or anonymous access where the configuration allows it.
 //!
 //! Passwords are never stored: the configuration holds argon2 PHC strings.
-//! Verification costs tens of milliseconds of CPU by design, so it runs on
-//! the blocking pool, not on a runtime worker.
+//! Verification costs tens of milliseconds of CPU and 19 MiB by design, so
+//! it goes through the [`Gate`], which bounds, caches and slows it down.
+
+use std::net::IpAddr;
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
+use tokio::time::Instant;
 
 use super::acl::Acl;
-use super::config::{MqttConfig, UserConfig};
+use super::config::MqttConfig;
+use super::gate::{Attempt, Gate};
 
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +23,15 @@ pub enum AuthFailure {
     BadCredentials,
     /// No credentials, and anonymous access is not allowed here.
     NotAuthorized,
+    /// Not checked: this client id or address failed recently.
+    Throttled,
+    /// Not checked: too many connections are waiting for a check.
+    Busy,
 }
 
 /// Who is connecting, as far as authentication cares.
 pub struct Credentials<'a> {
+    pub addr: IpAddr,
     pub client_id: &'a str,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
@@ -30,8 +39,14 @@ pub struct Credentials<'a> {
     pub client_cert: bool,
 }
 
-/// Checks the credentials; on success returns the client's permissions.
-pub fn authenticate(config: &MqttConfig, who: &Credentials<'_>) -> Result<Acl, AuthFailure> {
+/// Checks the credentials before `deadline` (the CONNECT deadline); on
+/// success returns the client's permissions.
+pub async fn authenticate(
+    config: &MqttConfig,
+    gate: &Gate,
+    who: &Credentials<'_>,
+    deadline: Instant,
+) -> Result<Acl, AuthFailure> {
     let Some(username) = who.username else {
         if config.allow_anonymous || who.client_cert {
             return Ok(Acl::new(
@@ -43,29 +58,19 @@ pub fn authenticate(config: &MqttConfig, who: &Credentials<'_>) -> Result<Acl, A
         }
         return Err(AuthFailure::NotAuthorized);
     };
-    let user = config.users.iter().find(|u| u.username == username);
-    let password = who.password.unwrap_or_default();
-    match user {
-        Some(user) if verify_password(user, password) => Ok(Acl::new(
-            &user.publish_acl,
-            &user.subscribe_acl,
-            who.client_id,
-            Some(username),
-        )),
-        Some(_) => Err(AuthFailure::BadCredentials),
-        None => {
-            // Spend the same time as for a known user, so timing does not
-            // reveal which usernames exist.
-            let _ = hash_password(password);
-            Err(AuthFailure::BadCredentials)
-        }
-    }
-}
-
-fn verify_password(user: &UserConfig, password: &[u8]) -> bool {
-    PasswordHash::new(&user.password_hash)
-        .map(|hash| Argon2::default().verify_password(password, &hash).is_ok())
-        .unwrap_or(false)
+    let attempt = Attempt {
+        addr: who.addr,
+        client_id: who.client_id,
+        username,
+        password: who.password.unwrap_or_default(),
+    };
+    let user = gate.check(&config.users, &attempt, deadline).await?;
+    Ok(Acl::new(
+        &user.publish_acl,
+        &user.subscribe_acl,
+        who.client_id,
+        Some(username),
+    ))
 }
 
 /// An argon2id PHC string for `password`, with a fresh random salt.
@@ -79,6 +84,7 @@ pub fn hash_password(password: &[u8]) -> Result<String, argon2::password_hash::E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::config::UserConfig;
 
     fn config_with_user(password: &str) -> MqttConfig {
         MqttConfig {
@@ -95,6 +101,7 @@ mod tests {
 
     fn who<'a>(user: Option<&'a str>, password: Option<&'a [u8]>) -> Credentials<'a> {
         Credentials {
+            addr: IpAddr::from([127, 0, 0, 1]),
             client_id: "c1",
             username: user,
             password,
@@ -102,22 +109,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn right_password_is_accepted_and_gets_its_acl() {
+    async fn check(config: &MqttConfig, who: &Credentials<'_>) -> Result<Acl, AuthFailure> {
+        let gate = Gate::new(config, Default::default());
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        authenticate(config, &gate, who, deadline).await
+    }
+
+    #[tokio::test]
+    async fn right_password_is_accepted_and_gets_its_acl() {
         let config = config_with_user("s3cret");
-        let acl = authenticate(&config, &who(Some("ann"), Some(b"s3cret"))).unwrap();
+        let acl = check(&config, &who(Some("ann"), Some(b"s3cret")))
+            .await
+            .unwrap();
         assert!(acl.may_publish("devices/c1/x"));
         assert!(!acl.may_publish("devices/c2/x"));
     }
 
-    #[test]
-    fn wrong_password_unknown_user_and_anonymous_are_refused() {
+    #[tokio::test]
+    async fn wrong_password_unknown_user_and_anonymous_are_refused() {
         let config = config_with_user("s3cret");
-        let wrong = authenticate(&config, &who(Some("ann"), Some(b"guess")));
+        let wrong = check(&config, &who(Some("ann"), Some(b"guess"))).await;
         assert_eq!(wrong.unwrap_err(), AuthFailure::BadCredentials);
-        let unknown = authenticate(&config, &who(Some("bob"), Some(b"s3cret")));
+        let unknown = check(&config, &who(Some("bob"), Some(b"s3cret"))).await;
         assert_eq!(unknown.unwrap_err(), AuthFailure::BadCredentials);
-        let anonymous = authenticate(&config, &who(None, None));
+        let anonymous = check(&config, &who(None, None)).await;
         assert_eq!(anonymous.unwrap_err(), AuthFailure::NotAuthorized);
     }
 

@@ -7,6 +7,10 @@
 //! max_payload_bytes = 262144
 //! receive_maximum = 64
 //! keep_alive_max_s = 300
+//! max_connections = 4096
+//! max_auth_checks = 0              # argon2 checks at once; 0 = one per core
+//! max_auth_waiting = 1024          # CONNECTs waiting for a check; more get "server busy"
+//! credential_cache_s = 600         # a verified credential is not re-checked for this long
 //! anonymous_publish_acl = ["devices/{client_id}/#"]
 //! anonymous_subscribe_acl = ["#"]
 //!
@@ -75,8 +79,20 @@ pub struct MqttConfig {
     pub keep_alive_max_s: u16,
     /// A new connection must send CONNECT within this (slow-loris guard).
     pub connect_timeout_ms: u64,
-    /// Connections beyond this are closed at accept.
+    /// Connections beyond this are closed at accept. Also capped by the
+    /// descriptor limit, so connections cannot take the descriptors the log
+    /// needs (see `mqtt/mod.rs`).
     pub max_connections: usize,
+    /// Password checks (argon2: tens of ms of CPU, 19 MiB each) run at once;
+    /// 0 = one per core.
+    pub max_auth_checks: usize,
+    /// Connections that may wait for a password check; more are refused with
+    /// "server unavailable" (3.1.1) or "server busy" (MQTT 5).
+    pub max_auth_waiting: usize,
+    /// A credential verified in the last this many seconds is not checked
+    /// again (0: check every CONNECT). A changed or removed user is never
+    /// let in by it.
+    pub credential_cache_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +163,9 @@ impl Default for MqttConfig {
             keep_alive_max_s: 300,
             connect_timeout_ms: 10_000,
             max_connections: 4096,
+            max_auth_checks: 0,
+            max_auth_waiting: 1024,
+            credential_cache_s: 600,
         }
     }
 }

@@ -13,6 +13,7 @@ use rumqttd::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::acl::Acl;
 use super::auth::{self, AuthFailure, Credentials};
@@ -25,6 +26,8 @@ use super::Shared;
 
 /// CONNECT carries ids, credentials and a will: 64 KiB is plenty.
 const MAX_CONNECT_BYTES: usize = 64 << 10;
+/// Read size while waiting for CONNECT (a typical CONNECT is under 200 bytes).
+const CONNECT_READ_BYTES: usize = 256;
 /// Topic, packet id and MQTT 5 properties around the payload.
 const FRAME_OVERHEAD_BYTES: usize = 128 << 10;
 /// Longest client id we accept (MQTT 3.1.1 guarantees 23).
@@ -66,8 +69,9 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = BytesMut::with_capacity(1024);
-    let version = read_connect_frame(&mut rd, &mut buf, shared).await?;
+    let mut buf = BytesMut::new();
+    let deadline = Instant::now() + Duration::from_millis(shared.config.connect_timeout_ms);
+    let version = read_connect_frame(&mut rd, &mut buf, deadline, shared).await?;
     let Some(version) = version else {
         // Unsupported protocol level: CONNACK 0x01 in the 3.1.1 format.
         write_out(&mut wr, version_refusal(), Version::V4).await?;
@@ -88,6 +92,8 @@ where
         will_props,
         login,
         client_cert,
+        peer,
+        deadline,
     };
     let (session, connack) = match handshake(hello, version, conn, shared).await {
         Ok(accepted) => accepted,
@@ -107,10 +113,10 @@ where
 async fn read_connect_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
+    deadline: Instant,
     shared: &Shared,
 ) -> Result<Option<Version>, ConnError> {
     let timeout_ms = shared.config.connect_timeout_ms;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     loop {
         if let Some(len) = codec::frame_length(buf, MAX_CONNECT_BYTES).inspect_err(|_| {
             MqttStats::inc(&shared.stats.malformed_packets);
@@ -124,6 +130,9 @@ async fn read_connect_frame<R: AsyncRead + Unpin>(
                 _ => None,
             });
         }
+        // Small reads: a byte-a-second client holds a few hundred bytes, and
+        // `frame_length` refuses a header announcing more than MAX_CONNECT_BYTES.
+        buf.reserve(CONNECT_READ_BYTES);
         match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
             Err(_) => {
                 MqttStats::inc(&shared.stats.connect_timeouts);
@@ -155,6 +164,9 @@ struct Hello {
     will_props: Option<LastWillProperties>,
     login: Option<Login>,
     client_cert: bool,
+    peer: SocketAddr,
+    /// The CONNECT deadline, which the password check must meet too.
+    deadline: Instant,
 }
 
 type Refusal = (Out, String);
@@ -171,11 +183,13 @@ async fn handshake(
     let refuse = |code: ConnectReturnCode, why: &str| {
         let counter = match code {
             ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
-                &stats.auth_failures
+                Some(&stats.auth_failures)
             }
-            _ => &stats.connect_refused,
+            // Counted by the gate (`GateStats`).
+            ConnectReturnCode::ServerBusy | ConnectReturnCode::ConnectionRateExceeded => None,
+            _ => Some(&stats.connect_refused),
         };
-        MqttStats::inc(counter);
+        counter.into_iter().for_each(MqttStats::inc);
         (
             Out::ConnAck {
                 code,
@@ -197,6 +211,14 @@ async fn handshake(
             AuthFailure::NotAuthorized => refuse(
                 ConnectReturnCode::NotAuthorized,
                 "anonymous access is not allowed",
+            ),
+            AuthFailure::Throttled => refuse(
+                ConnectReturnCode::ConnectionRateExceeded,
+                "recent failed logins from this client id or address: slowed down",
+            ),
+            AuthFailure::Busy => refuse(
+                ConnectReturnCode::ServerBusy,
+                "too many connections waiting for a password check",
             ),
         })?;
     if hello
@@ -295,33 +317,14 @@ async fn authenticate(
     shared: &Arc<Shared>,
 ) -> Result<Acl, AuthFailure> {
     let login = hello.login.as_ref().filter(|l| !l.username.is_empty());
-    let Some(login) = login else {
-        let who = Credentials {
-            client_id,
-            username: None,
-            password: None,
-            client_cert: hello.client_cert,
-        };
-        return auth::authenticate(&shared.config, &who);
+    let who = Credentials {
+        addr: hello.peer.ip(),
+        client_id,
+        username: login.map(|l| l.username.as_str()),
+        password: login.map(|l| l.password.as_bytes()),
+        client_cert: hello.client_cert,
     };
-    // Argon2 is deliberately slow: keep it off the runtime's workers.
-    let (shared, login, client_id, cert) = (
-        shared.clone(),
-        login.clone(),
-        client_id.to_string(),
-        hello.client_cert,
-    );
-    tokio::task::spawn_blocking(move || {
-        let who = Credentials {
-            client_id: &client_id,
-            username: Some(&login.username),
-            password: Some(login.password.as_bytes()),
-            client_cert: cert,
-        };
-        auth::authenticate(&shared.config, &who)
-    })
-    .await
-    .unwrap_or(Err(AuthFailure::NotAuthorized))
+    auth::authenticate(&shared.config, &shared.gate, &who, hello.deadline).await
 }
 
 fn connack_properties(

@@ -62,6 +62,7 @@ mod codec;
 pub mod config;
 mod connect;
 pub mod error;
+pub mod gate;
 mod reader;
 pub mod route;
 pub mod stats;
@@ -89,6 +90,7 @@ pub use error::{ConnError, StartError};
 pub use stats::MqttStats;
 
 use crate::log::Log;
+use crate::net::{Acceptor, RateLimitedWarning};
 use route::Router;
 
 /// Live records buffered for subscribers; a subscriber further behind misses
@@ -112,10 +114,14 @@ pub struct Shared {
     pub router: Router,
     pub stats: Arc<MqttStats>,
     pub hub: broadcast::Sender<Arc<Live>>,
+    /// Bounds, caches and slows down password checks.
+    pub gate: Arc<gate::Gate>,
     /// Connected client ids: connection number and the signal that makes it
     /// give way to a newer connection with the same id.
     clients: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
     next_conn: AtomicU64,
+    /// `max_connections`, lowered to what the descriptor limit leaves.
+    max_connections: u64,
 }
 
 impl Shared {
@@ -171,8 +177,10 @@ pub async fn start(config: &MqttConfig, log: Arc<Log>) -> Result<MqttServer, Sta
         router,
         stats: stats.clone(),
         hub: broadcast::channel(HUB_CAPACITY).0,
+        gate: Arc::new(gate::Gate::new(config, stats.clone())),
         clients: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(1),
+        max_connections: connection_budget(config.max_connections as u64),
     });
     let plain = bind(config.listen).await?;
     let local_addr = plain.local_addr().map_err(|source| StartError::Bind {
@@ -202,21 +210,46 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
+/// Descriptors kept free for the log (two per segment, and segments keep
+/// coming), the replicator and the HTTP endpoint: a quarter of the limit,
+/// at least 64.
+fn descriptor_headroom(limit: u64) -> u64 {
+    (limit / 4).max(64)
+}
+
+/// `max_connections`, or less if the descriptor limit would run out first:
+/// a segment roll that finds no descriptor fails the log, so connections
+/// must leave the log its share.
+fn connection_budget(max_connections: u64) -> u64 {
+    let Some((limit, open)) = crate::net::descriptors() else {
+        return max_connections;
+    };
+    let budget = limit.saturating_sub(open + descriptor_headroom(limit));
+    if budget < max_connections {
+        tracing::warn!(
+            max_connections,
+            budget,
+            descriptor_limit = limit,
+            open,
+            "mqtt: fewer connections than max_connections: the descriptor limit leaves room for {budget} (raise LimitNOFILE)"
+        );
+    }
+    budget.min(max_connections)
+}
+
 async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+    let mut listener = Acceptor::new(listener, "mqtt");
+    let mut full = RateLimitedWarning::new(Duration::from_secs(10));
     loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and friends: wait rather than spin; keep serving.
-                tracing::warn!("mqtt accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (socket, peer) = listener.accept().await;
         let stats = &shared.stats;
-        if MqttStats::get(&stats.connections_open) >= shared.config.max_connections as u64 {
+        if MqttStats::get(&stats.connections_open) >= shared.max_connections {
             MqttStats::inc(&stats.connections_rejected);
-            tracing::warn!(%peer, "mqtt connection refused: max_connections reached");
+            let limit = shared.max_connections;
+            full.warn(
+                "mqtt connection refused",
+                &format_args!("{limit} connections open (max_connections or the descriptor limit); last from {peer}"),
+            );
             continue;
         }
         MqttStats::inc(&stats.connections_accepted);

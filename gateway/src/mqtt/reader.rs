@@ -23,15 +23,34 @@ use super::writer::{Answer, Entry, Pending, Sub};
 use super::Shared;
 use crate::log::{self, AppendError, AppendTicket, Record};
 
-/// How long a publish waits, retrying, while the log writer is behind
+/// How long a publish waits for room while the log writer is behind
 /// (`AppendError::Overloaded`) before it is refused with 0x97.
 const OVERLOAD_WAIT: Duration = Duration::from_secs(5);
-const OVERLOAD_RETRY: Duration = Duration::from_millis(2);
 /// Limits of one batch of publishes appended together.
 const MAX_BATCH_RECORDS: usize = 64;
 const MAX_BATCH_BYTES: usize = 256 << 10;
-/// Spare room kept in the read buffer, so a burst is read in few syscalls.
+/// Spare room kept in the read buffer while packets keep coming, so a burst
+/// is read in few syscalls.
 const READ_RESERVE: usize = 8 << 10;
+/// What an idle connection's read buffer holds: enough for a PINGREQ or a
+/// small publish; a read that fills it grows it to `READ_RESERVE`.
+const IDLE_READ_BYTES: usize = 256;
+
+/// Makes room for the next read and returns it: `READ_RESERVE` while the
+/// last read filled what it had, else the idle size. An empty buffer that
+/// grew in a burst is given back, so an idle connection holds only a few
+/// hundred bytes. Returns the spare capacity.
+fn size_read_buffer(buf: &mut BytesMut, filled: bool) -> usize {
+    if buf.is_empty() && !filled && buf.capacity() > IDLE_READ_BYTES {
+        *buf = BytesMut::new();
+    }
+    buf.reserve(if filled {
+        READ_RESERVE
+    } else {
+        IDLE_READ_BYTES
+    });
+    buf.capacity() - buf.len()
+}
 
 /// How the client ended the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +106,7 @@ impl Reader {
         kick: &Notify,
     ) -> Result<Ended, ConnError> {
         let mut deadline = Instant::now() + self.session.silence_limit;
+        let mut filled = false;
         loop {
             loop {
                 let decoded =
@@ -106,13 +126,11 @@ impl Reader {
                 }
             }
             self.flush_batch().await?;
-            if buf.capacity() - buf.len() < READ_RESERVE / 2 {
-                buf.reserve(READ_RESERVE);
-            }
+            let spare = size_read_buffer(buf, filled);
             tokio::select! {
                 read = tokio::time::timeout_at(deadline, rd.read_buf(buf)) => match read {
                     Ok(Ok(0)) => return Ok(Ended::Abrupt),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(n)) => filled = n >= spare,
                     Ok(Err(e)) => return Err(e.into()),
                     Err(_) => {
                         MqttStats::inc(&self.shared.stats.keep_alive_timeouts);
@@ -338,20 +356,25 @@ impl Reader {
         }
     }
 
-    /// Appends, waiting briefly while the log writer is behind.
+    /// Appends; while the log writer is behind, awaits room in its queue
+    /// (at most `OVERLOAD_WAIT`), so a burst meets back-pressure, not a refusal.
     async fn append(
         &self,
         topic: &str,
         partition: log::Partition,
-        records: Vec<Record>,
+        mut records: Vec<Record>,
     ) -> Result<AppendTicket, AppendError> {
         let give_up = Instant::now() + OVERLOAD_WAIT;
         loop {
-            match self.shared.log.append(topic, partition, records.clone()) {
-                Err(AppendError::Overloaded) if Instant::now() < give_up => {
-                    tokio::time::sleep(OVERLOAD_RETRY).await;
+            match self.shared.log.try_append(topic, partition, records) {
+                Err((AppendError::Overloaded, back)) => {
+                    let room = tokio::time::timeout_at(give_up, self.shared.log.capacity());
+                    if room.await.is_err() {
+                        return Err(AppendError::Overloaded);
+                    }
+                    records = back;
                 }
-                other => return other,
+                other => return other.map_err(|(e, _)| e),
             }
         }
     }

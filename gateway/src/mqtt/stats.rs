@@ -35,6 +35,8 @@ pub struct MqttStats {
     pub deliveries: AtomicU64,
     /// Live records a slow subscriber missed (its queue overflowed).
     pub deliveries_lagged: AtomicU64,
+    /// Password checks: run, cached, throttled, refused as busy.
+    pub gate: super::gate::GateStats,
 }
 
 impl MqttStats {

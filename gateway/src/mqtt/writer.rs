@@ -22,6 +22,9 @@ use super::stats::MqttStats;
 use super::{Live, Shared};
 use crate::log::{AppendError, AppendTicket, Appended};
 
+/// Write buffer kept between flushes; larger ones are given back.
+const IDLE_WRITE_BYTES: usize = 512;
+
 /// What the reader hands the writer, in arrival order.
 pub enum Entry {
     /// Appended publishes (one batch): ack each once the ticket resolves.
@@ -125,7 +128,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
     ) -> Self {
         Writer {
             wr,
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
             version: session.version,
             conn: session.conn,
             client_id: session.client_id.clone(),
@@ -350,9 +353,10 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             Err(_) => return Err(ConnError::WriteTimeout),
         }
         self.buf.clear();
-        if self.buf.capacity() > 64 << 10 {
-            // A large delivery passed through: give the memory back.
-            self.buf = BytesMut::with_capacity(4096);
+        if self.buf.capacity() > IDLE_WRITE_BYTES {
+            // A burst or a large delivery passed through: an idle connection
+            // keeps no more than a few acks' worth.
+            self.buf = BytesMut::new();
         }
         Ok(())
     }
