@@ -121,6 +121,8 @@ enum BenchCommand {
     Open(crate::bench::open::OpenArgs),
     /// Drain of 1M records to a Kafka-API broker, against confluent-kafka's producer.
     Replicate(crate::bench::replicate::ReplicateBenchArgs),
+    /// A reconnect storm of authenticated devices, and the memory of idle ones against Mosquitto.
+    Connect(crate::bench::connect::ConnectBenchArgs),
     /// MQTT load (N clients x M messages): Tidewell (fsync always) against Mosquitto, or any broker.
     #[cfg(feature = "bench-mqtt")]
     Mqtt(crate::bench::mqtt::BenchArgs),
@@ -177,6 +179,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Replicate(args)) => {
             crate::bench::replicate::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Connect(args)) => {
+            crate::bench::connect::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Log(args)) => {
             crate::bench::log::run(&args).map(|()| ExitCode::SUCCESS)

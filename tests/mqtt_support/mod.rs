@@ -32,9 +32,21 @@ impl Gateway {
 
     /// As [`Gateway::start`], with extra environment variables.
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn(dir, config, env, None)
+    }
+
+    /// As [`Gateway::start`], under a descriptor limit of `nofile` (soft and
+    /// hard, so the gateway cannot raise it).
+    pub fn start_with_nofile(dir: &Path, config: &str, nofile: u64) -> Gateway {
+        Gateway::spawn(dir, config, &[], Some(nofile))
+    }
+
+    fn spawn(dir: &Path, config: &str, env: &[(&str, &str)], nofile: Option<u64>) -> Gateway {
+        use std::os::unix::process::CommandExt;
         let path = dir.join("tidewell.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["run", "--config"])
             .arg(&path)
             .envs(env.iter().copied())
@@ -42,9 +54,25 @@ impl Gateway {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tidewell");
+            .stderr(Stdio::piped());
+        if let Some(n) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; it runs in the forked
+            // child before exec and touches nothing else.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn tidewell");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let lines = stderr.clone();

@@ -10,10 +10,11 @@
 //! record is durable). Tidewell's peak RSS is read from /proc (VmHWM).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use super::{peak_rss_kib, stop, wait_ready};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,45 +167,6 @@ fn run_tidewell(args: &BenchArgs, root: &Path) -> anyhow::Result<Figures> {
     });
     stop(&mut child);
     result
-}
-
-/// Reads tidewell's stderr up to its `ready` line; keeps draining it after.
-fn wait_ready(child: &mut Child) -> anyhow::Result<SocketAddr> {
-    let stderr = child.stderr.take().context("no stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("tidewell: ready ").and_then(|rest| {
-                rest.split_whitespace()
-                    .find_map(|w| w.strip_prefix("mqtt="))
-            }) {
-                let _ = tx.send(addr.to_string());
-            } else if !line.starts_with("tidewell: ready") {
-                eprintln!("{line}");
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("tidewell did not print its ready line")?;
-    Ok(addr.parse()?)
-}
-
-fn stop(child: &mut Child) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let _ = child.wait();
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
 }
 
 /// Mosquitto 2 with its defaults (no persistence) on a free loopback port.

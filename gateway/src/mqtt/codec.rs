@@ -167,7 +167,9 @@ pub enum Reason {
 pub enum Out {
     ConnAck {
         code: ConnectReturnCode,
-        properties: Option<ConnAckProperties>,
+        /// Boxed: the properties are large and every connection's queue of
+        /// `Out`s is sized by the largest variant.
+        properties: Option<Box<ConnAckProperties>>,
     },
     PubAck(u16, Reason),
     PubRec(u16, Reason),
@@ -206,7 +208,7 @@ fn to_packet(out: Out, version: Version) -> Option<Packet> {
     Some(match out {
         Out::ConnAck { code, properties } => {
             let code = if v5 { code } else { v4_connect_code(code) };
-            let properties = if v5 { properties } else { None };
+            let properties = if v5 { properties.map(|p| *p) } else { None };
             Packet::ConnAck(
                 ConnAck {
                     session_present: false,

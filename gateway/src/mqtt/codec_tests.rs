@@ -70,7 +70,7 @@ fn every_outgoing_packet_encodes_in_both_versions() {
     let outs = [
         Out::ConnAck {
             code: ConnectReturnCode::QuotaExceeded,
-            properties: Some(ConnAckProperties::default()),
+            properties: Some(Box::default()),
         },
         Out::PubAck(1, Reason::NotAuthorized),
         Out::PubRec(2, Reason::QuotaExceeded),
@@ -155,12 +155,12 @@ fn every_outgoing_packet_parses_with_rumqttcs_codec_without_leftovers() {
     let outs = [
         Out::ConnAck {
             code: ConnectReturnCode::Success,
-            properties: Some(ConnAckProperties {
+            properties: Some(Box::new(ConnAckProperties {
                 receive_max: Some(64),
                 max_packet_size: Some(1 << 20),
                 retain_available: Some(0),
                 ..ConnAckProperties::default()
-            }),
+            })),
         },
         Out::ConnAck {
             code: ConnectReturnCode::BadUserNamePassword,

@@ -95,7 +95,9 @@ where
         peer,
         deadline,
     };
-    let (session, connack) = match handshake(hello, version, conn, shared).await {
+    // Boxed, as the phases below: a connection holds the memory of the phase
+    // it is in, not of the largest one.
+    let (session, connack) = match Box::pin(handshake(hello, version, conn, shared)).await {
         Ok(accepted) => accepted,
         Err((connack, reason)) => {
             write_out(&mut wr, connack, version).await?;
@@ -105,7 +107,7 @@ where
     write_out(&mut wr, connack, version).await?;
     *client_id = session.client_id.clone();
     tracing::debug!(%peer, client_id, ?version, "mqtt client connected");
-    serve(rd, wr, buf, session, shared).await
+    Box::pin(serve(rd, wr, buf, session, shared)).await
 }
 
 /// Reads until a whole CONNECT frame is buffered, within the connect
@@ -253,13 +255,13 @@ async fn handshake(
     };
     let connack = Out::ConnAck {
         code: ConnectReturnCode::Success,
-        properties: Some(connack_properties(
+        properties: Some(Box::new(connack_properties(
             &session,
             config,
             (keep_alive_s != requested_ka).then_some(keep_alive_s),
             assigned,
             props.and_then(|p| p.session_expiry_interval).unwrap_or(0) > 0,
-        )),
+        ))),
     };
     Ok((session, connack))
 }
@@ -406,7 +408,8 @@ where
 /// kernel send a reset, which can destroy our DISCONNECT before the client
 /// reads its reason code.
 async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
-    let mut sink = [0u8; 4096];
+    // On the heap: on the stack it would be part of every connection's state.
+    let mut sink = vec![0u8; 4096];
     let discard = async {
         for _ in 0..LINGER_READS {
             match rd.read(&mut sink).await {

@@ -265,24 +265,33 @@ async fn handle_socket(
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
 ) {
+    // Boxed: a connection holds the state of the phase it is in (waiting
+    // for CONNECT, connected), not that of the largest (a TLS stream's).
     match tls {
-        None => serve(socket, peer, false, &shared).await,
-        Some(acceptor) => {
-            let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
-            match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
-                Ok(Ok(stream)) => {
-                    let cert = stream.get_ref().1.peer_certificates().is_some();
-                    serve(stream, peer, cert, &shared).await;
-                }
-                Ok(Err(e)) => tracing::info!(%peer, "mqtt tls handshake failed: {e}"),
-                Err(_) => tracing::info!(%peer, "mqtt tls handshake timed out"),
-            }
-        }
+        None => Box::pin(serve(socket, peer, false, &shared)).await,
+        Some(acceptor) => Box::pin(serve_tls(socket, peer, acceptor, &shared)).await,
     }
     shared
         .stats
         .connections_open
         .fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_tls(
+    socket: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: &Arc<Shared>,
+) {
+    let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
+    match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => {
+            let cert = stream.get_ref().1.peer_certificates().is_some();
+            Box::pin(serve(stream, peer, cert, shared)).await;
+        }
+        Ok(Err(e)) => tracing::info!(%peer, "mqtt tls handshake failed: {e}"),
+        Err(_) => tracing::info!(%peer, "mqtt tls handshake timed out"),
+    }
 }
 
 /// Runs one connection to its end and logs why it ended.

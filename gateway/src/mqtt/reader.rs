@@ -120,7 +120,9 @@ impl Reader {
                     }
                 };
                 deadline = Instant::now() + self.session.silence_limit;
-                if let Some(ended) = self.handle(incoming).await? {
+                // Boxed: a packet's handling (its decoded form, the append)
+                // is large, and an idle connection should not keep its room.
+                if let Some(ended) = Box::pin(self.handle(incoming)).await? {
                     self.flush_batch().await?;
                     return Ok(ended);
                 }
@@ -184,15 +186,16 @@ impl Reader {
                 } else {
                     Reason::PacketIdNotFound
                 };
-                self.queue(Entry::Send(Out::PubComp(rel.pkid, reason)))
+                self.queue(Entry::Send(Box::new(Out::PubComp(rel.pkid, reason))))
                     .await?;
             }
             Packet::Subscribe(subscribe, _) => self.on_subscribe(subscribe).await?,
             Packet::Unsubscribe(unsub, _) => {
                 let out = Out::UnsubAck(unsub.pkid, unsub.filters.len());
-                self.queue(Entry::Unsubscribe(unsub.filters, out)).await?;
+                self.queue(Entry::Unsubscribe(Box::new((unsub.filters, out))))
+                    .await?;
             }
-            Packet::PingReq(_) => self.queue(Entry::Send(Out::PingResp)).await?,
+            Packet::PingReq(_) => self.queue(Entry::Send(Box::new(Out::PingResp))).await?,
             Packet::Disconnect(d, _) => {
                 return Ok(Some(match d.reason_code {
                     DisconnectReasonCode::DisconnectWithWillMessage => Ended::Abrupt,
@@ -398,8 +401,14 @@ impl Reader {
                 self.disconnect(disconnect_reason(reason));
                 Err(ConnError::Protocol(format!("publish refused: {why}")))
             }
-            (Answer::PubAck(pkid), _) => self.queue(Entry::Send(Out::PubAck(pkid, reason))).await,
-            (Answer::PubRec(pkid), _) => self.queue(Entry::Send(Out::PubRec(pkid, reason))).await,
+            (Answer::PubAck(pkid), _) => {
+                self.queue(Entry::Send(Box::new(Out::PubAck(pkid, reason))))
+                    .await
+            }
+            (Answer::PubRec(pkid), _) => {
+                self.queue(Entry::Send(Box::new(Out::PubRec(pkid, reason))))
+                    .await
+            }
         }
     }
 
@@ -428,7 +437,7 @@ impl Reader {
             codes.push(code);
         }
         let out = Out::SubAck(subscribe.pkid, codes);
-        self.queue(Entry::Subscribe(granted, out)).await
+        self.queue(Entry::Subscribe(Box::new((granted, out)))).await
     }
 
     /// Appends the will of a connection that ended abruptly (not awaited:
@@ -472,7 +481,9 @@ impl Reader {
     /// Queues a DISCONNECT (MQTT 5) after the pending acks; best effort, as
     /// the connection is closing anyway.
     fn disconnect(&self, reason: DisconnectReasonCode) {
-        let _ = self.fifo.try_send(Entry::Send(Out::Disconnect(reason)));
+        let _ = self
+            .fifo
+            .try_send(Entry::Send(Box::new(Out::Disconnect(reason))));
     }
 
     fn protocol(&self, what: &str) -> ConnError {

@@ -35,9 +35,11 @@ pub enum Entry {
     /// A re-sent QoS 2 publish already appended: PUBREC again.
     Duplicate(u16),
     /// A packet that needs no waiting (PUBCOMP, PINGRESP, refusals, ...).
-    Send(Out),
-    Subscribe(Vec<Sub>, Out),
-    Unsubscribe(Vec<String>, Out),
+    /// Boxed, as the other large variants: every connection's FIFO holds
+    /// room for 32 entries from the start.
+    Send(Box<Out>),
+    Subscribe(Box<(Vec<Sub>, Out)>),
+    Unsubscribe(Box<(Vec<String>, Out)>),
     /// The client acknowledged our QoS 1 delivery with this packet id.
     Delivered(u16),
 }
@@ -182,6 +184,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 self.encode(Out::PubRec(pkid, reason))
             }
             Entry::Send(out) => {
+                let out = *out;
                 let closing = matches!(out, Out::Disconnect(_));
                 self.encode(out)?;
                 if closing {
@@ -189,7 +192,8 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 }
                 Ok(())
             }
-            Entry::Subscribe(granted, suback) => {
+            Entry::Subscribe(subscribe) => {
+                let (granted, suback) = *subscribe;
                 for sub in granted {
                     self.subs.retain(|s| s.filter != sub.filter);
                     self.subs.push(sub);
@@ -199,7 +203,8 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 }
                 self.encode(suback)
             }
-            Entry::Unsubscribe(filters, unsuback) => {
+            Entry::Unsubscribe(unsubscribe) => {
+                let (filters, unsuback) = *unsubscribe;
                 self.subs.retain(|s| !filters.contains(&s.filter));
                 if self.subs.is_empty() {
                     self.live = None;
