@@ -176,3 +176,22 @@ topic = \"telemtry\"
         "{out}"
     );
 }
+
+/// A disabled MQTT listener routes nothing, so its default topic need not
+/// exist: the config `tidewell bench replicate` writes (a `bench` topic, no
+/// MQTT) was refused for it, and the bench never started.
+#[test]
+fn a_disabled_mqtt_listener_needs_no_default_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+data_dir = \"data\"
+
+[topics.bench]
+partitions = 1
+
+[mqtt]
+enabled = false
+";
+    let (ok, out) = check(&write(dir.path(), text));
+    assert!(ok, "{out}");
+}

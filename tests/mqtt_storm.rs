@@ -72,7 +72,7 @@ fn users(count: usize) -> String {
                         .map(|i| {
                             (
                                 i,
-                                tidewell::mqtt::hash_password(format!("pw-{i}").as_bytes())
+                                tidewell::ingest::mqtt::hash_password(format!("pw-{i}").as_bytes())
                                     .unwrap(),
                             )
                         })

@@ -64,7 +64,7 @@ enum Command {
 #[derive(Subcommand)]
 enum SimCommand {
     /// Play a firmware-proto sensor on a serial port (or pseudo-terminal).
-    Serial(crate::serial::sim::SimArgs),
+    Serial(crate::ingest::serial::sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -169,7 +169,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { config, http, json } => status(config.as_deref(), http, json),
         Command::Log(LogCommand::Dump(args)) => dump(&args),
         Command::Sim(SimCommand::Serial(args)) => {
-            crate::serial::sim::run(&args).map(|()| ExitCode::SUCCESS)
+            crate::ingest::serial::sim::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Serial(args)) => {
             crate::bench::serial::run(&args).map(|()| ExitCode::SUCCESS)
@@ -218,7 +218,7 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    crate::mqtt::raise_fd_limit();
+    crate::ingest::mqtt::raise_fd_limit();
     return_large_frees_to_the_os();
     let log = Log::open(storage()?, config.log_config())
         .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
@@ -231,7 +231,8 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     // Signal handlers go in before anything announces readiness, so a stop
     // request right after `ready` is a clean stop, not a kill.
     let stop = runtime.block_on(async { StopSignals::install() })?;
-    let serial = runtime.block_on(async { crate::serial::start(&config.serial, log.clone()) });
+    let serial =
+        runtime.block_on(async { crate::ingest::serial::start(&config.serial, log.clone()) });
     let mqtt = runtime.block_on(start_mqtt(&config, &log))?;
     let mut observed = Observed::new(log.clone());
     observed.mqtt = mqtt.as_ref().map(|m| m.stats.clone());
@@ -299,11 +300,13 @@ fn start_replicator(
 async fn start_mqtt(
     config: &Config,
     log: &Arc<Log>,
-) -> anyhow::Result<Option<crate::mqtt::MqttServer>> {
+) -> anyhow::Result<Option<crate::ingest::mqtt::MqttServer>> {
     if !config.mqtt.enabled {
         return Ok(None);
     }
-    Ok(Some(crate::mqtt::start(&config.mqtt, log.clone()).await?))
+    Ok(Some(
+        crate::ingest::mqtt::start(&config.mqtt, log.clone()).await?,
+    ))
 }
 
 /// Starts the observability endpoint. It is never a reason to stop
@@ -325,7 +328,7 @@ async fn start_http(config: &Config, observed: Arc<Observed>) -> Option<HttpServ
 /// and the `ready` line (which scripts and tests wait for) names the bound
 /// addresses.
 fn announce_ready(
-    mqtt: Option<&crate::mqtt::MqttServer>,
+    mqtt: Option<&crate::ingest::mqtt::MqttServer>,
     http: Option<&HttpServer>,
     observed: &Observed,
 ) {
@@ -367,7 +370,7 @@ async fn watchdog(every: std::time::Duration, observed: Arc<Observed>) {
 }
 
 fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
-    match crate::config_check::check_file(path) {
+    match crate::config::check::check_file(path) {
         Ok(_) => {
             println!("{}: OK", path.display());
             Ok(ExitCode::SUCCESS)
@@ -415,7 +418,7 @@ fn hash_password() -> anyhow::Result<ExitCode> {
     if password.is_empty() {
         bail!("no password on stdin");
     }
-    let hash = crate::mqtt::hash_password(password.as_bytes())
+    let hash = crate::ingest::mqtt::hash_password(password.as_bytes())
         .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
     println!("{hash}");
     Ok(ExitCode::SUCCESS)

@@ -16,7 +16,7 @@ use crate::log::{
     batch, FsyncPolicy, Log, LogConfig, Offset, Partition, ReadError, Record, Storage, TopicConfig,
 };
 
-pub use crate::mqtt::fuzz_stream as mqtt_stream;
+pub use crate::ingest::mqtt::fuzz_stream as mqtt_stream;
 
 /// The record batch decoder: parse, verify and decode; a batch that decodes
 /// re-encodes to a batch that decodes to the same records.

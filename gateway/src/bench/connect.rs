@@ -176,7 +176,12 @@ fn accounts(count: usize) -> anyhow::Result<String> {
                 scope.spawn(move || {
                     (t..count)
                         .step_by(cores)
-                        .map(|i| Ok((i, crate::mqtt::hash_password(format!("pw-{i}").as_bytes())?)))
+                        .map(|i| {
+                            Ok((
+                                i,
+                                crate::ingest::mqtt::hash_password(format!("pw-{i}").as_bytes())?,
+                            ))
+                        })
                         .collect::<Result<Vec<_>, argon2::password_hash::Error>>()
                 })
             })

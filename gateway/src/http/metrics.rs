@@ -297,7 +297,7 @@ fn ingest_metrics(w: &mut Writer, observed: &Observed) {
     );
 }
 
-fn mqtt_metrics(w: &mut Writer, m: &crate::mqtt::stats::MqttStats) {
+fn mqtt_metrics(w: &mut Writer, m: &crate::ingest::mqtt::stats::MqttStats) {
     w.gauge(
         "tidewell_mqtt_connections_open",
         "MQTT connections open now.",
@@ -361,7 +361,7 @@ fn mqtt_metrics(w: &mut Writer, m: &crate::mqtt::stats::MqttStats) {
     );
 }
 
-fn gate_metrics(w: &mut Writer, g: &crate::mqtt::gate::GateStats) {
+fn gate_metrics(w: &mut Writer, g: &crate::ingest::mqtt::gate::GateStats) {
     w.counter(
         "tidewell_mqtt_auth_checks_total",
         "Password checks (argon2) run.",
@@ -391,7 +391,7 @@ fn gate_metrics(w: &mut Writer, g: &crate::mqtt::gate::GateStats) {
     );
 }
 
-fn serial_metrics(w: &mut Writer, s: &crate::serial::SerialStats) {
+fn serial_metrics(w: &mut Writer, s: &crate::ingest::serial::SerialStats) {
     w.gauge(
         "tidewell_serial_ports_open",
         "Serial ports open now.",

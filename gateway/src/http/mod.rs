@@ -21,10 +21,10 @@ use tokio::sync::Semaphore;
 
 pub use config::HttpConfig;
 
+use crate::ingest::mqtt::stats::MqttStats;
+use crate::ingest::serial::SerialStats;
 use crate::log::Log;
-use crate::mqtt::stats::MqttStats;
 use crate::net::Acceptor;
-use crate::serial::SerialStats;
 
 const MAX_REQUEST_BYTES: usize = 8192;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::types::Compression;
 
+/// The topic of the embedded defaults, where MQTT and serial records go
+/// unless configured otherwise.
+pub const DEFAULT_TOPIC: &str = "ingest";
+
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -136,7 +136,7 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 
 pub use capacity::Capacity;
-pub use config::{FsyncPolicy, LogConfig, TopicConfig, WhenFull};
+pub use config::{FsyncPolicy, LogConfig, TopicConfig, WhenFull, DEFAULT_TOPIC};
 pub use error::{AppendError, CheckpointError, OpenError, ReadError, StorageError};
 pub use partition::{Finding, Mode, PartitionLog, PartitionMeta};
 pub use stats::Stats;

@@ -84,7 +84,7 @@ pub fn hash_password(password: &[u8]) -> Result<String, argon2::password_hash::E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::config::UserConfig;
+    use crate::ingest::mqtt::config::UserConfig;
 
     fn config_with_user(password: &str) -> MqttConfig {
         MqttConfig {

@@ -362,7 +362,7 @@ fn delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::auth::hash_password;
+    use crate::ingest::mqtt::auth::hash_password;
 
     fn config(cache_s: u64) -> MqttConfig {
         MqttConfig {

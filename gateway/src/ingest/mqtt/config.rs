@@ -38,7 +38,7 @@ use serde::Deserialize;
 
 use super::acl::valid_acl_pattern;
 use super::route::KeySpec;
-use crate::config::DEFAULT_TOPIC;
+use crate::log::DEFAULT_TOPIC;
 
 /// The ACL a client gets when the configuration names none: its own subtree.
 pub const DEFAULT_PUBLISH_ACL: &str = "devices/{client_id}/#";

@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::log::{LogConfig, TopicConfig};
+pub mod check;
 
-pub const DEFAULT_TOPIC: &str = "ingest";
+use crate::log::{LogConfig, TopicConfig, DEFAULT_TOPIC};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), crate::config_check::lines(problems))]
+    #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), check::lines(problems))]
     Invalid {
         path: PathBuf,
-        problems: Vec<crate::config_check::Problem>,
+        problems: Vec<check::Problem>,
     },
 }
 
@@ -47,9 +47,9 @@ pub struct Config {
     pub topics: BTreeMap<String, TopicConfig>,
     /// The MQTT listener (`[mqtt]`, see `mqtt::config`); on by default,
     /// loopback only.
-    pub mqtt: crate::mqtt::MqttConfig,
+    pub mqtt: crate::ingest::mqtt::MqttConfig,
     /// Serial ports (`[[serial.ports]]`, see `serial::config`); none by default.
-    pub serial: crate::serial::SerialConfig,
+    pub serial: crate::ingest::serial::SerialConfig,
     /// The observability endpoint (`[http]`); loopback by default.
     pub http: crate::http::HttpConfig,
     /// This gateway's name upstream (default: `/etc/machine-id`, else the
@@ -66,8 +66,8 @@ impl Default for Config {
             data_dir: PathBuf::from("tidewell-data"),
             log: LogSection::default(),
             topics: BTreeMap::from([(DEFAULT_TOPIC.to_string(), TopicConfig::default())]),
-            mqtt: crate::mqtt::MqttConfig::default(),
-            serial: crate::serial::SerialConfig::default(),
+            mqtt: crate::ingest::mqtt::MqttConfig::default(),
+            serial: crate::ingest::serial::SerialConfig::default(),
             http: crate::http::HttpConfig::default(),
             gateway_id: None,
             upstream: None,
@@ -79,7 +79,7 @@ impl Config {
     /// Reads, parses and checks a configuration file; every problem found is
     /// reported, each with its key path and line.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        crate::config_check::check_file(path).map_err(|problems| ConfigError::Invalid {
+        check::check_file(path).map_err(|problems| ConfigError::Invalid {
             path: path.into(),
             problems,
         })
@@ -110,7 +110,10 @@ impl Config {
         }
         let topics: Vec<&str> = self.topics.keys().map(String::as_str).collect();
         problems.extend(self.mqtt.validate().err());
-        problems.extend(self.unknown_mqtt_topics(&topics));
+        if self.mqtt.enabled {
+            // A disabled listener routes nothing: its default topic need not exist.
+            problems.extend(self.unknown_mqtt_topics(&topics));
+        }
         problems.extend(self.serial.validate(&topics).err());
         if let Some(upstream) = &self.upstream {
             problems.extend(upstream.validate(&topics).err());

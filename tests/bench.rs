@@ -1,0 +1,113 @@
+//! Every `tidewell bench` command of the README runs, in a tiny form, so
+//! none of them can rot unnoticed (`bench replicate` once failed before it
+//! started and nothing noticed). The figures are not checked, only that the
+//! command exits 0 and prints them.
+
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
+
+/// Runs `tidewell bench ARGS --dir DIR` and returns what it printed.
+fn bench(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .env("TIDEWELL_LOG", "warn")
+        .output()
+        .expect("run tidewell bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tidewell bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn printed(out: &str, words: &[&str]) {
+    for word in words {
+        assert!(out.contains(word), "no {word:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn bench_log_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &[
+            "log",
+            "--records",
+            "2000",
+            "--producers",
+            "4",
+            "--raw-seconds",
+            "0.2",
+        ],
+    );
+    printed(&out, &["records/s", "sqlite"]);
+    let out = bench(
+        dir.path(),
+        &[
+            "log",
+            "--records",
+            "2000",
+            "--compression",
+            "lz4",
+            "--no-sqlite",
+            "--raw-seconds",
+            "0.2",
+        ],
+    );
+    printed(&out, &["records/s"]);
+}
+
+#[test]
+fn bench_open_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    printed(&bench(dir.path(), &["open", "--mib", "4"]), &["ms"]);
+}
+
+#[test]
+fn bench_mqtt_runs_against_mosquitto() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path(), &["mqtt", "--clients", "4", "--messages", "50"]);
+    printed(&out, &["tidewell", "mosquitto", "x; p99"]);
+}
+
+#[test]
+fn bench_connect_runs_against_mosquitto() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &["connect", "--devices", "20", "--accounts", "4"],
+    );
+    printed(
+        &out,
+        &[
+            "storm: 20 devices",
+            "idle: 20 devices add",
+            "tidewell/mosquitto",
+        ],
+    );
+}
+
+#[test]
+fn bench_serial_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &["serial", "--bauds", "115200", "--seconds", "1"],
+    );
+    printed(&out, &["115200"]);
+}
+
+#[test]
+fn bench_replicate_runs_against_tansu_and_confluent_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path(), &["replicate", "--records", "2000"]);
+    printed(&out, &["records/s", "confluent-kafka"]);
+}
