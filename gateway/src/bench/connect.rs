@@ -8,7 +8,7 @@
 //! Idle: N anonymous devices connected and silent; the RSS they add over
 //! the idle gateway, side by side with Mosquitto 2 holding the same crowd.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{peak_rss_kib, status_kib, stop, wait_ready};
+use super::{peak_rss_kib, start_mosquitto, status_kib, stop, wait_ready};
 
 #[derive(Args, Debug)]
 pub struct ConnectBenchArgs {
@@ -228,28 +228,6 @@ fn start_tidewell(root: &Path, name: &str, mqtt: &str) -> anyhow::Result<(Child,
             Err(e)
         }
     }
-}
-
-/// Mosquitto 2 with anonymous access on a free loopback port.
-fn start_mosquitto() -> anyhow::Result<(Child, SocketAddr)> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = Command::new("mosquitto")
-        .args(["-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting mosquitto")?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if Instant::now() > deadline {
-            stop(&mut child);
-            bail!("mosquitto did not listen on {addr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((child, addr))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

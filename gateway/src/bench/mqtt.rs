@@ -10,11 +10,11 @@
 //! record is durable). Tidewell's peak RSS is read from /proc (VmHWM).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{peak_rss_kib, stop, wait_ready};
+use super::{peak_rss_kib, start_mosquitto, stop, wait_ready};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,23 +171,7 @@ fn run_tidewell(args: &BenchArgs, root: &Path) -> anyhow::Result<Figures> {
 
 /// Mosquitto 2 with its defaults (no persistence) on a free loopback port.
 fn bench_mosquitto(args: &BenchArgs) -> anyhow::Result<Figures> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = Command::new("mosquitto")
-        .args(["-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting mosquitto")?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("mosquitto did not listen on {addr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, addr) = start_mosquitto()?;
     let result = load(args, addr).map(|mut f| {
         f.peak_rss_kib = peak_rss_kib(child.id());
         f

@@ -232,7 +232,7 @@ fn drain(
     let per_partition = partition_counts(args);
     let mut peak = 0;
     loop {
-        if let Some(kib) = rss_kib(child.0.id(), "VmHWM:") {
+        if let Some(kib) = super::status_kib(child.0.id(), "VmHWM:") {
             peak = peak.max(kib);
         }
         if drained(root, &per_partition) {
@@ -247,7 +247,7 @@ fn drain(
         std::thread::sleep(Duration::from_millis(5));
     }
     let seconds = started.elapsed().as_secs_f64();
-    peak = peak.max(rss_kib(child.0.id(), "VmHWM:").unwrap_or(0));
+    peak = peak.max(super::status_kib(child.0.id(), "VmHWM:").unwrap_or(0));
     // SAFETY: plain kill(2) on our own child's pid, for a clean stop.
     unsafe {
         libc::kill(child.0.id() as i32, libc::SIGTERM);
@@ -280,15 +280,6 @@ fn drained(root: &Path, per_partition: &[u64]) -> bool {
             _ => false,
         }
     })
-}
-
-fn rss_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
 }
 
 const REFERENCE_PY: &str = r#"
