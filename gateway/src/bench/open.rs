@@ -81,8 +81,8 @@ fn fill(root: &Path, mib: u64) -> anyhow::Result<u64> {
     let target = mib << 20;
     let mut records = 0u64;
     while log
-        .partition("bench", Partition(0))
-        .map_or(0, |p| p.state().size_bytes())
+        .summary("bench", Partition(0))
+        .map_or(0, |p| p.size_bytes)
         < target
     {
         log.append("bench", Partition(0), batch.clone())?.wait()?;

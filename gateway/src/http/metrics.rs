@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Observed;
 use crate::log::stats::{Stats, FSYNC_BUCKETS_US};
-use crate::log::TopicLog;
+use crate::log::TopicSummary;
 
 /// Builds the exposition text; each metric family gets its HELP and TYPE once.
 #[derive(Default)]
@@ -136,31 +136,24 @@ fn log_metrics(w: &mut Writer, observed: &Observed) {
         "Records refused because a reject_new topic or the disk was full.",
         Stats::get(&stats.rejected_full),
     );
-    topic_metrics(w, observed.log.topics().map(|t| t.as_ref()).collect());
+    topic_metrics(w, &observed.log.summaries());
 }
 
-fn topic_metrics(w: &mut Writer, topics: Vec<&TopicLog>) {
+fn topic_metrics(w: &mut Writer, topics: &[TopicSummary]) {
     let mut size = Vec::new();
     let mut quota = Vec::new();
     let mut records = Vec::new();
     let mut bytes = Vec::new();
     let mut dropped = Vec::new();
-    for topic in &topics {
+    for topic in topics {
         let name = topic.name.as_str();
-        let states: Vec<_> = topic.partitions.iter().map(|p| p.state()).collect();
-        size.push((
-            name,
-            states.iter().map(|s| s.size_bytes()).sum::<u64>() as f64,
-        ));
-        if let Some(q) = topic.config.retention_bytes {
+        size.push((name, topic.size_bytes() as f64));
+        if let Some(q) = topic.retention_bytes {
             quota.push((name, q as f64));
         }
-        dropped.push((
-            name,
-            states.iter().map(|s| s.meta.dropped_records).sum::<u64>() as f64,
-        ));
-        records.push((name, get(&topic.appended_records) as f64));
-        bytes.push((name, get(&topic.appended_bytes) as f64));
+        dropped.push((name, topic.dropped_records() as f64));
+        records.push((name, topic.appended_records as f64));
+        bytes.push((name, topic.appended_bytes as f64));
     }
     emit(
         w,
@@ -197,21 +190,20 @@ fn topic_metrics(w: &mut Writer, topics: Vec<&TopicLog>) {
         "Records deleted by the quota before they were replicated (drop_oldest).",
         by_topic(&dropped),
     );
-    partition_metrics(w, &topics);
+    partition_metrics(w, topics);
 }
 
-fn partition_metrics(w: &mut Writer, topics: &[&TopicLog]) {
+fn partition_metrics(w: &mut Writer, topics: &[TopicSummary]) {
     let mut end = Vec::new();
     let mut start = Vec::new();
     let mut replicated = Vec::new();
     let mut labels = Vec::new();
     for topic in topics {
         for part in &topic.partitions {
-            let state = part.state();
-            labels.push((topic.name.clone(), part.id.0.to_string()));
-            end.push(state.visible_end.0 as f64);
-            start.push(state.start_offset().0 as f64);
-            replicated.push(state.meta.replicated.map(|r| r as f64));
+            labels.push((topic.name.clone(), part.partition.0.to_string()));
+            end.push(part.end.0 as f64);
+            start.push(part.start.0 as f64);
+            replicated.push(part.replicated.map(|r| r.0 as f64));
         }
     }
     let samples = |values: &[f64]| -> Vec<(Vec<(&str, &str)>, f64)> {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{json, Value};
 
 use super::Observed;
-use crate::log::{PartitionLog, TopicLog};
+use crate::log::{PartitionSummary, TopicSummary};
 
 fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
@@ -13,7 +13,7 @@ fn get(counter: &AtomicU64) -> u64 {
 
 pub fn render(observed: &Observed) -> Value {
     let log = &observed.log;
-    let topics: Vec<Value> = log.topics().map(|t| topic(t)).collect();
+    let topics: Vec<Value> = log.summaries().iter().map(topic).collect();
     let mut out = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": observed.started.elapsed().as_secs(),
@@ -46,43 +46,28 @@ pub fn render(observed: &Observed) -> Value {
     out
 }
 
-fn topic(topic: &TopicLog) -> Value {
-    let partitions: Vec<Value> = topic.partitions.iter().map(|p| partition(p)).collect();
+fn topic(topic: &TopicSummary) -> Value {
+    let partitions: Vec<Value> = topic.partitions.iter().map(partition).collect();
     json!({
         "name": topic.name,
-        "quota_bytes": topic.config.retention_bytes,
-        "size_bytes": topic.partitions.iter().map(|p| p.state().size_bytes()).sum::<u64>(),
+        "quota_bytes": topic.retention_bytes,
+        "size_bytes": topic.size_bytes(),
         "partitions": partitions,
     })
 }
 
 /// Backlog is what is not yet acknowledged upstream; without a cursor
 /// (buffer-only mode, or nothing replicated yet) it is everything kept.
-fn partition(part: &PartitionLog) -> Value {
-    let state = part.state();
-    let start = state.start_offset().0;
-    let end = state.visible_end.0;
-    let replicated = state.meta.replicated;
-    let from = replicated.unwrap_or(start).max(start);
-    let backlog_bytes: u64 = state
-        .segments
-        .values()
-        .filter(|seg| seg.end_offset().0 > from)
-        .map(|seg| {
-            let records = seg.end_offset().0.saturating_sub(seg.base.0).max(1);
-            let pending = seg.end_offset().0 - from.max(seg.base.0);
-            seg.size() * pending / records // a share of the segment, by records
-        })
-        .sum();
+fn partition(part: &PartitionSummary) -> Value {
     json!({
-        "partition": part.id.0,
-        "start_offset": start,
-        "end_offset": end,
-        "replicated_offset": replicated,
-        "backlog_records": end.saturating_sub(from),
-        "backlog_bytes": backlog_bytes,
-        "dropped_records": state.meta.dropped_records,
-        "gaps": state.meta.gaps,
+        "partition": part.partition.0,
+        "start_offset": part.start.0,
+        "end_offset": part.end.0,
+        "replicated_offset": part.replicated.map(|o| o.0),
+        "backlog_records": part.backlog.records,
+        "backlog_bytes": part.backlog.bytes,
+        "dropped_records": part.dropped_records,
+        "gaps": part.gaps,
     })
 }
 

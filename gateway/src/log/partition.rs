@@ -125,11 +125,11 @@ pub enum Mode {
 }
 
 impl PartitionLog {
-    pub fn state(&self) -> RwLockReadGuard<'_, PartState> {
+    pub(super) fn state(&self) -> RwLockReadGuard<'_, PartState> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn state_mut(&self) -> RwLockWriteGuard<'_, PartState> {
+    pub(super) fn state_mut(&self) -> RwLockWriteGuard<'_, PartState> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 

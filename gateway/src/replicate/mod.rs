@@ -279,8 +279,10 @@ fn streams(
             )));
         }
         for part in &topic.partitions {
-            let state = part.state();
-            let cursor = state.meta.replicated.unwrap_or(0);
+            let cursor = log
+                .summary(&rule.local, part.id)
+                .and_then(|s| s.replicated)
+                .map_or(0, |o| o.0);
             let mut s = Stream::new(out.len() as u32, &rule.local, part.id, cursor);
             s.remote_topic = remote.clone();
             s.partitioning = rule.partitioning;

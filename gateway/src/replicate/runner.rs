@@ -16,7 +16,7 @@ use super::send::{fill_stream, Bucket, Window};
 use super::status::{self, PartitionStatus, Status, UpstreamState, UpstreamStatus};
 use super::stream::Stream;
 use super::tail;
-use crate::log::{now_ms, Log, Offset};
+use crate::log::{now_ms, Backlog, Log, Offset};
 
 /// How long the thread waits for acknowledgements when it has nothing to send.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
@@ -551,29 +551,10 @@ fn remote_partitions(
 }
 
 fn partition_status(log: &Log, s: &Stream) -> PartitionStatus {
-    let part = log.partition(&s.topic, s.partition);
-    let (start, end, backlog_bytes, gaps, dropped) = match part {
-        Some(part) => {
-            let state = part.state();
-            let backlog_bytes: u64 = state
-                .segments
-                .values()
-                .filter(|seg| seg.end_offset().0 > s.cursor)
-                .map(|seg| {
-                    let (base, end) = (seg.base.0, seg.end_offset().0);
-                    let unsent = end - base.max(s.cursor);
-                    seg.size().saturating_mul(unsent) / (end - base).max(1)
-                })
-                .sum();
-            (
-                state.start_offset().0,
-                state.visible_end.0,
-                backlog_bytes,
-                state.meta.gaps.clone(),
-                state.meta.dropped_records,
-            )
-        }
-        None => (0, 0, 0, Vec::new(), 0),
+    let summary = log.summary_from(&s.topic, s.partition, Some(Offset(s.cursor)));
+    let (start, end, backlog, gaps, dropped) = match summary {
+        Some(p) => (p.start.0, p.end.0, p.backlog, p.gaps, p.dropped_records),
+        None => (0, 0, Backlog::default(), Vec::new(), 0),
     };
     PartitionStatus {
         topic: s.topic.clone(),
@@ -582,8 +563,8 @@ fn partition_status(log: &Log, s: &Stream) -> PartitionStatus {
         log_start: start,
         log_end: end,
         replicated: s.cursor,
-        backlog_records: end.saturating_sub(s.cursor),
-        backlog_bytes,
+        backlog_records: backlog.records,
+        backlog_bytes: backlog.bytes,
         in_flight_records: s.in_flight_records() as u64,
         dropped_records: dropped,
         gaps,
