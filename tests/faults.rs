@@ -395,7 +395,7 @@ fn acknowledged_messages_survive_repeated_sigkills_buffer_only() {
 /// The body of a 200 answer, or the error (naming the status) otherwise.
 fn readyz(gateway: &Gateway) -> String {
     let http = gateway.http_addr.expect("http address").to_string();
-    tidewell::http::get(&http, "/readyz").unwrap_or_else(|e| e.to_string())
+    tidewell::observe::get(&http, "/readyz").unwrap_or_else(|e| e.to_string())
 }
 
 /// Segment fsyncs start failing with EIO (a dying SD card, through the
@@ -590,7 +590,7 @@ fn a_full_filesystem_with_drop_oldest_drops_only_the_oldest_and_records_it() {
     }
     let http = gateway.http_addr.unwrap().to_string();
     let status: serde_json::Value =
-        serde_json::from_str(&tidewell::http::get(&http, "/status").unwrap()).unwrap();
+        serde_json::from_str(&tidewell::observe::get(&http, "/status").unwrap()).unwrap();
     let partitions = status["log"]["topics"][0]["partitions"]
         .as_array()
         .unwrap()

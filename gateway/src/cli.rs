@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::http::{HttpServer, Observed};
+use crate::daemon::Gateway;
 use crate::log::{self, Log, Offset, OsStorage, Partition, ReadError, StoredRecord};
 
 #[derive(Parser)]
@@ -218,155 +218,11 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    crate::ingest::mqtt::raise_fd_limit();
-    return_large_frees_to_the_os();
-    let log = Log::open(storage()?, config.log_config())
-        .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
-    let log = Arc::new(log);
-    let replicator = start_replicator(&config, &log)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()?;
-    // Signal handlers go in before anything announces readiness, so a stop
-    // request right after `ready` is a clean stop, not a kill.
-    let stop = runtime.block_on(async { StopSignals::install() })?;
-    let serial =
-        runtime.block_on(async { crate::ingest::serial::start(&config.serial, log.clone()) });
-    let mqtt = runtime.block_on(start_mqtt(&config, &log))?;
-    let mut observed = Observed::new(log.clone());
-    observed.mqtt = mqtt.as_ref().map(|m| m.stats.clone());
-    observed.serial = Some(serial.stats.clone());
-    if let Some(replicator) = &replicator {
-        observed.sources.push(Arc::new(replicator.observer()));
-    }
-    let observed = Arc::new(observed);
-    let http = runtime.block_on(start_http(&config, observed.clone()));
-    announce_ready(mqtt.as_ref(), http.as_ref(), &observed);
-    let _watchdog = crate::systemd::watchdog_interval()
-        .map(|every| runtime.spawn(watchdog(every, observed.clone())));
-    runtime.block_on(stop.wait());
-    let _ = crate::systemd::notify("STOPPING=1");
-    tracing::info!("stopping: syncing the log");
-    drop(http);
-    drop(mqtt);
-    drop(serial);
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    if let Some(replicator) = replicator {
-        replicator.stop();
-    }
-    drop(observed); // the endpoint's view of the log; its tasks are gone with the runtime
-    match Arc::try_unwrap(log) {
-        Ok(log) => log.close(),
-        // A task still holds it; dropping the last handle closes it the same way.
-        Err(_) => tracing::warn!("log still referenced at stop"),
-    }
+    let mut gateway = Gateway::start(&config, storage()?)?;
+    gateway.announce_ready();
+    gateway.wait_for_stop_signal();
+    gateway.stop();
     Ok(ExitCode::SUCCESS)
-}
-
-/// glibc serves an allocation above its mmap threshold (128 KiB) with its
-/// own mapping, but raises the threshold to the size of each such block
-/// freed, up to 32 MiB: after the first argon2 check its 19 MiB blocks come
-/// from per-thread heaps that keep them. Pinning the threshold keeps large
-/// blocks in mappings that are returned to the OS when freed, so a burst of
-/// password checks does not stay resident.
-fn return_large_frees_to_the_os() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any
-    // other thread of ours exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
-    }
-}
-
-/// Starts replication when `[upstream]` is configured.
-fn start_replicator(
-    config: &Config,
-    log: &Arc<Log>,
-) -> anyhow::Result<Option<crate::replicate::Replicator>> {
-    let Some(upstream) = &config.upstream else {
-        tracing::info!(data_dir = %config.data_dir.display(), "log open; buffer-only mode (no upstream configured)");
-        return Ok(None);
-    };
-    let gateway_id = config.gateway_id();
-    tracing::info!(data_dir = %config.data_dir.display(), %gateway_id, servers = %upstream.bootstrap_servers, "log open; replicating upstream");
-    let replicator =
-        crate::replicate::Replicator::start(log.clone(), upstream.clone(), &gateway_id)?;
-    Ok(Some(replicator))
-}
-
-/// Starts the MQTT listener (unless disabled) and prints the `ready` line
-/// that scripts and tests wait for, with the bound addresses.
-async fn start_mqtt(
-    config: &Config,
-    log: &Arc<Log>,
-) -> anyhow::Result<Option<crate::ingest::mqtt::MqttServer>> {
-    if !config.mqtt.enabled {
-        return Ok(None);
-    }
-    Ok(Some(
-        crate::ingest::mqtt::start(&config.mqtt, log.clone()).await?,
-    ))
-}
-
-/// Starts the observability endpoint. It is never a reason to stop
-/// ingesting: if its address is taken, the gateway runs without it and says so.
-async fn start_http(config: &Config, observed: Arc<Observed>) -> Option<HttpServer> {
-    if !config.http.enabled {
-        return None;
-    }
-    match crate::http::start(&config.http, observed).await {
-        Ok(server) => Some(server),
-        Err(e) => {
-            tracing::error!(listen = %config.http.listen, "HTTP endpoint off: cannot listen: {e}");
-            None
-        }
-    }
-}
-
-/// Marks the gateway ready: `/readyz` answers 200, systemd gets `READY=1`,
-/// and the `ready` line (which scripts and tests wait for) names the bound
-/// addresses.
-fn announce_ready(
-    mqtt: Option<&crate::ingest::mqtt::MqttServer>,
-    http: Option<&HttpServer>,
-    observed: &Observed,
-) {
-    observed
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
-    let mut line = String::from("tidewell: ready");
-    if let Some(mqtt) = mqtt {
-        line.push_str(&format!(" mqtt={}", mqtt.local_addr));
-        if let Some(tls) = mqtt.tls_addr {
-            line.push_str(&format!(" mqtts={tls}"));
-        }
-    }
-    if let Some(http) = http {
-        line.push_str(&format!(" http={}", http.local_addr));
-    }
-    eprintln!("{line}");
-    if let Err(e) = crate::systemd::notify("READY=1") {
-        tracing::warn!("systemd notify failed: {e}");
-    }
-}
-
-/// Pings the systemd watchdog while the gateway is healthy. A log that
-/// refuses writes stops the pings: systemd restarts the gateway, and
-/// reopening the log recovers it.
-async fn watchdog(every: std::time::Duration, observed: Arc<Observed>) {
-    let mut ticker = tokio::time::interval(every);
-    loop {
-        ticker.tick().await;
-        if observed.is_ready() {
-            let _ = crate::systemd::notify("WATCHDOG=1");
-        } else {
-            tracing::error!(
-                "not healthy (log poisoned: {:?}); withholding the watchdog ping",
-                observed.log.poisoned()
-            );
-        }
-    }
 }
 
 fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
@@ -392,7 +248,7 @@ fn status(config: Option<&Path>, http: Option<String>, as_json: bool) -> anyhow:
         (None, None) => Config::default().http.listen.to_string(),
     };
     let sample = || -> anyhow::Result<serde_json::Value> {
-        let body = crate::http::get(&addr, "/status")
+        let body = crate::observe::get(&addr, "/status")
             .with_context(|| format!("asking the gateway at {addr} (is it running?)"))?;
         Ok(serde_json::from_str(&body)?)
     };
@@ -406,7 +262,7 @@ fn status(config: Option<&Path>, http: Option<String>, as_json: bool) -> anyhow:
     let second = sample()?;
     print!(
         "{}",
-        crate::http::status::table(&first, &second, pause.as_secs_f64())
+        crate::observe::status::table(&first, &second, pause.as_secs_f64())
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -422,29 +278,6 @@ fn hash_password() -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
     println!("{hash}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGTERM (systemd's stop) and SIGINT (Ctrl-C).
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn install() -> std::io::Result<StopSignals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }
 
 fn open_existing(data_dir: &Path) -> anyhow::Result<Log> {

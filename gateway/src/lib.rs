@@ -11,19 +11,21 @@
 //!   cluster (idempotent producer, cursor in the log's checkpoints).
 //!
 //! Around them: [`config`] (the TOML file, its checks, the embedded
-//! defaults), [`http`] (`/metrics`, `/healthz`, `/readyz`, `/status`),
-//! [`net`] (accepting connections under overload), [`systemd`] (readiness
-//! and the watchdog), [`cli`] (the `tidewell` command line) and [`bench`]
+//! defaults), [`observe`] (a registry of every stage's metrics and status,
+//! served as `/metrics`, `/healthz`, `/readyz`, `/status`), [`daemon`] (the
+//! lifecycle: start, readiness, the systemd watchdog, signals, stop),
+//! [`net`] (accepting connections under overload), [`cli`] (the `tidewell`
+//! command line, which only parses arguments and calls in) and [`bench`]
 //! (benchmarks that compare Tidewell with its peers side by side).
 
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod net;
+pub mod observe;
 pub mod replicate;
-pub mod systemd;

@@ -139,6 +139,26 @@ pub fn descriptors() -> Option<(u64, u64)> {
     Some((limit.rlim_cur, open))
 }
 
+/// Many idle sensors each hold a socket, and every segment of the log keeps
+/// its files open: lift the soft descriptor limit to the hard one (best
+/// effort; the accept loop copes with EMFILE anyway). the gateway calls it
+/// before opening the log, so a log that grew under a raised limit can
+/// be reopened.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

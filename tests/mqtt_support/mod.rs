@@ -144,7 +144,7 @@ impl Gateway {
     /// (a family name, or a name with its labels); 0 when absent.
     pub fn metric(&self, name: &str) -> f64 {
         let http = self.http_addr.expect("http address").to_string();
-        let text = tidewell::http::get(&http, "/metrics").unwrap_or_default();
+        let text = tidewell::observe::get(&http, "/metrics").unwrap_or_default();
         text.lines()
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())

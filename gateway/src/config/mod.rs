@@ -51,7 +51,7 @@ pub struct Config {
     /// Serial ports (`[[serial.ports]]`, see `serial::config`); none by default.
     pub serial: crate::ingest::serial::SerialConfig,
     /// The observability endpoint (`[http]`); loopback by default.
-    pub http: crate::http::HttpConfig,
+    pub http: crate::observe::HttpConfig,
     /// This gateway's name upstream (default: `/etc/machine-id`, else the
     /// host name); it is in every replicated record's headers.
     pub gateway_id: Option<String>,
@@ -68,7 +68,7 @@ impl Default for Config {
             topics: BTreeMap::from([(DEFAULT_TOPIC.to_string(), TopicConfig::default())]),
             mqtt: crate::ingest::mqtt::MqttConfig::default(),
             serial: crate::ingest::serial::SerialConfig::default(),
-            http: crate::http::HttpConfig::default(),
+            http: crate::observe::HttpConfig::default(),
             gateway_id: None,
             upstream: None,
         }

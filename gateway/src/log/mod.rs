@@ -3,108 +3,304 @@
 //! Everything the gateway ingests is appended here; the replicator reads it
 //! back. The log knows nothing of MQTT, serial lines, Kafka or async runtimes:
 //! ingest paths call [`Log::append`] and await (or block on) the returned
-//! [`AppendTicket`], which resolves once the records are durable.
+//! [`AppendTicket`], which resolves once the records are durable under the
+//! topic's fsync policy.
+//!
+//! Every integer on disk is little-endian. CRC32C is the Castagnoli CRC (the
+//! `crc32c` crate). "fdatasync" is `StorageFile::sync_data`.
 //!
 //! # Layout on disk
 //!
 //! ```text
-//! DATA_DIR/.lock                          exclusive lock of the one writer process
-//! DATA_DIR/TOPIC/topic.ckpt               checkpoint: {"partitions": N}
-//! DATA_DIR/TOPIC/P/00000000000000000000.log     segment: record batches
-//! DATA_DIR/TOPIC/P/00000000000000000000.index   sparse offset index of that segment
-//! DATA_DIR/TOPIC/P/partition.ckpt         checkpoint: start offset, replication cursor, gaps
+//! DATA_DIR/.lock                  flock held by the one writing process
+//! DATA_DIR/TOPIC/topic.ckpt       checkpoint: partition count
+//! DATA_DIR/TOPIC/P/partition.ckpt checkpoint: start, cursor, gaps, R
+//! DATA_DIR/TOPIC/P/BASE.log       segment: record batches
+//! DATA_DIR/TOPIC/P/BASE.index     sparse offset index of that segment
 //! ```
 //!
-//! Segment files are named by their base offset (the first offset they hold),
-//! zero-padded to 20 digits, as Kafka does. Offsets are dense per partition.
+//! `P` is the partition number in decimal. `BASE` is the segment's base
+//! offset (its first offset), zero-padded to exactly 20 digits as Kafka does
+//! (`00000000000000000000.log`). Open removes leftover `*.tmp` files of an
+//! interrupted checkpoint write in partition directories and reports any
+//! other unknown file (`Finding::StrayFile`), leaving it alone. The partition
+//! count in `topic.ckpt` is fixed: a different configured count is refused
+//! (`OpenError::PartitionCountChanged`).
 //!
-//! # Record batch (all integers little-endian)
+//! # Record batch
 //!
 //! ```text
 //! 0   u64  base_offset        offset of the first record
-//! 8   u32  length             bytes that follow this field (batch size - 12)
-//! 12  u32  crc                CRC32C of every batch byte except these four
+//! 8   u32  length             bytes after this field (batch size - 12)
+//! 12  u32  crc                CRC32C of bytes 0..12, then 16..end
 //! 16  u8   magic              1
-//! 17  u8   attributes         compression of the record section: 0 none, 1 lz4 (block), 2 zstd
+//! 17  u8   attributes         codec of the record section: 0 none,
+//!                             1 LZ4 block, 2 zstd; any other value rejected
 //! 18  u32  record_count       >= 1
 //! 22  i64  base_timestamp_ms  smallest record timestamp
-//! 30  i64  max_timestamp_ms   largest record timestamp (age-based retention)
-//! 38  u32  records_len        size of the record section once decompressed
-//! 42  ...  record section, possibly compressed
+//! 30  i64  max_timestamp_ms   largest record timestamp (age retention)
+//! 38  u32  records_len        record section size once decompressed
+//! 42  ...  record section: length - 30 bytes, possibly compressed
 //! ```
 //!
-//! Each record in the (decompressed) section, as in Kafka's batch v2:
-//! `varint length` (of the rest), `varint offset_delta` (= its index in the
-//! batch), `zigzag varint timestamp_delta` (from base_timestamp),
-//! `varint key_len + 1` (0 = no key) and the key, `varint value_len` and the
-//! value, `varint header_count`, then per header `varint name_len`, the
-//! UTF-8 name, `varint value_len`, the value. A 100-byte value without key or
-//! headers costs 6 bytes of record framing plus its share of the 42-byte
-//! header: under 7 bytes per record in a batch of 100.
+//! LZ4 is the raw block format (`lz4_flex::block`: no frame, no size
+//! prefix); zstd is one frame (level 3). Decompression must yield exactly
+//! `records_len` bytes. `BatchHeader::parse` range-checks the header before
+//! the body is read or anything is allocated: 42 <= batch size <= 16 MiB
+//! (`MAX_BATCH_BYTES`, 16 << 20), `records_len` <= 16 MiB,
+//! 1 <= `record_count` <= `records_len` / 6 (the smallest record), and
+//! `base_offset + record_count` must not overflow. The writer stays well
+//! below: an append carries at most 4 MiB and a batch gathers at most 4 MiB,
+//! both counted as payload plus 16 bytes per record.
 //!
-//! Lengths are range-checked before anything is allocated: a batch is at most
-//! 16 MiB on disk and decompressed, and a record count must fit its section.
+//! Each record in the decompressed section: `uvarint length` (of the rest of
+//! the record), `uvarint offset_delta` (must equal the record's index in the
+//! batch), `zigzag varint timestamp_delta` (from `base_timestamp_ms`,
+//! wrapping), `uvarint key_len + 1` (0 = no key) and the key, `uvarint
+//! value_len` and the value, `uvarint header_count`, then per header `uvarint
+//! name_len`, the UTF-8 name, `uvarint value_len`, the value. Varints are
+//! LEB128 (low 7 bits first, at most 10 bytes, must fit a u64); unlike
+//! Kafka's batch v2, only the timestamp delta is zigzag and a record has no
+//! attributes byte. Records must fill the section exactly, and each record
+//! its length. A 100-byte value without key or headers costs 6 bytes of
+//! framing (7 once its timestamp is 64 ms past the batch's smallest, up to
+//! 8 s) plus its share of the 42-byte header: under 7.5 bytes per record in
+//! a batch of 100.
+//!
+//! # Segments and preallocation
+//!
+//! Segment `B` holds offsets from `B` up to the next segment's base. Only the
+//! newest (active) segment is appended to. The writer rolls before a batch
+//! that would take a non-empty segment past the topic's segment size
+//! (`max_segment_bytes`, 16 MiB, at most a quarter of `retention_bytes`,
+//! clamped to 4 KiB..4 GiB - 1) or whose offsets would reach `base +
+//! u32::MAX`. Rolling seals the old segment (`Segment::seal`: cut the file
+//! to its data, fdatasync it, trim and fdatasync its index), then creates
+//! the new `.log` and `.index` and fsyncs the directory.
+//!
+//! A new segment is preallocated to the segment size with `posix_fallocate`
+//! (best effort), so the active segment's file length is not its data: past
+//! the last batch it reads as zeros. Nothing on disk marks the end of data.
+//! At open it is where the scan stops: a zeroed header has magic 0, so the
+//! zeros are a tail like any other, cut (and logged as a torn tail) and
+//! preallocated again; `Tail::zeros` only lets `log verify` stay quiet about
+//! them. A sealed segment's file length is its data (seal cuts it, on roll
+//! and at a clean stop). Appends, reads and `retention_bytes` use
+//! `Segment::size`, the bytes of whole valid batches, so preallocated space
+//! is not counted against the quota. After a clean stop the active segment
+//! is not preallocated again until the next roll.
 //!
 //! # Index
 //!
-//! `.index` is an array of 8-byte entries `u32 relative_offset, u32 position`:
-//! the batch at byte `position` starts with offset `base + relative_offset`.
-//! One entry per `index_interval_bytes` (8 KiB) of log, strictly increasing.
-//! The index is a cache of the log: it is written without fsync while the
-//! segment is active, fsynced when the segment is rolled and at a clean stop,
-//! and at open it is trusted only up to its last entry that points at a good
-//! batch with the offset it claims. A missing or damaged index is rebuilt.
+//! `.index` is an array of 8-byte entries, entry `i` at byte `8 * i`, no
+//! header:
+//!
+//! ```text
+//! 0  u32  relative_offset  first offset of the batch - segment base
+//! 4  u32  position         byte position of that batch in the .log
+//! ```
+//!
+//! A batch gets an entry when it starts at a position > 0 that is at least
+//! `index_interval_bytes` (8 KiB) past the previous entry's position (or
+//! byte 0); both fields strictly increase. Entries are written without fsync
+//! as batches are appended; the file is trimmed to the entries and
+//! fdatasynced when the segment is sealed. It is a cache of the log: open
+//! trusts it only as far as recovery checks it (below) and rewrites it
+//! (truncate, write, fdatasync; `Finding::IndexRebuilt`) when it was
+//! malformed, lost entries to those checks, or, in a sealed segment, lacked
+//! entries the scan found.
+//!
+//! # Checkpoints
+//!
+//! ```text
+//! 0        [u8; 4]  magic    b"TWCK"
+//! 4        u8       version  1
+//! 5        u32      len      payload length, at most 1 MiB
+//! 9        [u8]     payload  JSON
+//! 9 + len  u32      crc      CRC32C of bytes 0..9 + len
+//! ```
+//!
+//! The file must be exactly `13 + len` bytes. A checkpoint is replaced
+//! atomically (`checkpoint::write_bytes`): write `NAME.tmp`, fdatasync it,
+//! rename it over `NAME`, fsync the directory.
+//!
+//! - `topic.ckpt`: `{"partitions":N}`, written once, when the topic is
+//!   created. Damaged: open fails.
+//! - `partition.ckpt`: `{"start":S,"replicated":C|null,"gaps":[[from,to]],
+//!   "dropped_records":D,"synced":R}`. `start`: first kept offset.
+//!   `replicated`: the replication cursor, every offset below it
+//!   acknowledged upstream. `gaps`: ranges `drop_oldest` deleted before they
+//!   were replicated (newest last, at most 1000). `dropped_records`: records
+//!   deleted unreplicated. `synced`: the recovery point R (below); 0 when
+//!   absent. Rewritten only when a field changes (`PartitionLog::update_meta`,
+//!   serialised by a mutex). Missing: defaults. Damaged:
+//!   `Finding::BadCheckpoint` and defaults (start 0, no cursor, R = 0).
 //!
 //! # What "acknowledged" means, and the fsyncs behind it
 //!
-//! One writer thread does all writes (group commit). It takes every queued
-//! append, writes one batch per partition at the end of its active segment,
-//! then, for topics with `fsync = "always"` (the default), calls `fdatasync`
-//! once per written segment, and only then resolves the tickets and moves the
-//! partition's visible end, so readers never see a record before it is
-//! durable. An acknowledged record is therefore on the disk.
+//! One writer thread does all segment writes (group commit). It takes the
+//! queued appends (up to 8 MiB; when the last fsync released more producers
+//! than have come back, it waits for them up to half an fsync, at most
+//! 2 ms), applies quotas (see Retention), writes each partition's share as
+//! one batch (more past 4 MiB) at the end of its active segment, then:
 //!
-//! - `interval_ms = N`: tickets resolve after the write; the fsync follows
-//!   within N ms, and only then do readers see the records. A power cut loses
-//!   at most the last N ms of acknowledged records (a process crash loses none:
-//!   the page cache survives it).
-//! - `never`: no fsync at all; for tests and benchmarks.
+//! - `fsync = "always"` (default): one fdatasync per written segment, then
+//!   the partition's visible end moves and the tickets resolve. An
+//!   acknowledged record is on the disk.
+//! - `interval_ms = N`: tickets resolve after the write; the segment is
+//!   fdatasynced about N ms after its first unsynced write, and only then do
+//!   readers see the records. A power cut loses at most the last ~N ms of
+//!   acknowledged records (a process crash none: the page cache survives).
+//! - `never`: tickets resolve and readers see the records after the write;
+//!   segments are fsynced only when sealed. For tests and benchmarks.
 //!
-//! Other fsyncs: a segment's log and index are fsynced before a new segment is
-//! created; every create, rename and delete is followed by an fsync of the
-//! directory; checkpoints are written as temp file, fsync, rename, fsync of the
-//! directory (see `checkpoint.rs`). A failed write or fsync poisons the log:
-//! the failing group and every later append get an error; the fsync is never
-//! retried (after a failed fsync the page cache may already have dropped the
-//! data, so a retry could "succeed" without it).
+//! Bytes queued for the writer are bounded by `max_pending_bytes` (64 MiB,
+//! counted as above); past it `append` refuses with `Overloaded`, and
+//! [`Log::capacity`] (`capacity.rs`) resolves when the writer next takes
+//! requests off the queue, stops or is poisoned, so a source waits for room
+//! without polling.
+//!
+//! Every segment create and delete and every checkpoint rename is followed
+//! by an fsync of the directory. A clean stop ([`Log::close`], or drop)
+//! writes what is queued, fdatasyncs `interval_ms` segments, seals every
+//! active segment and checkpoints every R. A failed write or fsync poisons
+//! the log: the failing group and every later append get
+//! [`AppendError::Poisoned`]; the fsync is never retried (after a failed
+//! fsync the page cache may already have dropped the data, so a retry could
+//! "succeed" without it). A failed R checkpoint or background retention pass
+//! is only logged; a failed retention checkpoint before a write poisons.
+//!
+//! # The recovery point
+//!
+//! R, the `synced` field of `partition.ckpt`, promises that every offset
+//! below it had been fdatasynced when it was written. Every
+//! `recovery_point_interval_ms` (5 s; checked after each group and at least
+//! once a second) the writer checkpoints each partition's visible end as R
+//! when it has advanced, never lowering it; for `never` topics only at a
+//! clean stop, after the final sync (`Writer::checkpoint_recovery_points`).
+//! At a crash, R trails the durable end by about one interval (more while R
+//! checkpoints fail; since the last clean stop for `never` topics). R only
+//! matters for the newest segment: past it, writes may not have reached the
+//! disk, or reached it out of order.
 //!
 //! # Recovery at open
 //!
-//! For every segment, the index is trusted up to its last good entry and the
-//! segment is scanned (CRC-checking every batch) from there to its end, so
-//! opening only reads the tail of each segment and a 1 GB log opens in
-//! milliseconds. What the scan can find:
+//! Per partition: read `partition.ckpt`; delete segments wholly below
+//! `start` (a deletion retention checkpointed but did not finish) and fsync
+//! the directory; with no segment left, create one at max(start, cursor).
+//! Then, for every segment:
 //!
-//! - A torn tail: bytes after the last good batch with no good batch after
-//!   them. In the newest segment this is the unsynced end of the last write
-//!   before a crash: it is truncated, fsynced and logged with its position and
-//!   size. No acknowledged record can be in it.
-//! - Anything else (a bad batch with good batches after it, a damaged tail in
-//!   an older segment, a segment that ends before the next one starts) is
-//!   corruption: it is never truncated or skipped silently. It is reported
-//!   with file and byte position; reads of the damaged offsets fail with
-//!   [`ReadError::Corrupt`], which names the first readable offset after it,
-//!   and the data around it stays readable. `tidewell log verify` scans every
-//!   batch of every segment.
+//! 1. Index: discarded if longer than the `.log`, else cut at its first
+//!    entry at position 0 or past the file's end, or not increasing
+//!    (`recovery::decode_index`). Newest segment only: entries for offsets
+//!    at or past R are dropped, then the longest prefix whose entries point
+//!    at a header that parses and holds the claimed offset is kept
+//!    (`recovery::validate_entries`). Every segment: entries are dropped
+//!    from the end until the last points at a batch that passes its CRC and
+//!    holds its offset (`recovery::trim_index`).
+//! 2. Scan (`recovery::scan`) from the last kept entry (else byte 0) to the
+//!    file's length: each batch must parse, fit, pass its CRC and start at
+//!    the expected offset E (where the previous batch ended). Open reads
+//!    only this stretch (with an intact index, under 8 KiB plus one batch;
+//!    in the newest segment also everything past R), so damage before it
+//!    is found by reads and by `tidewell log verify`, which scans every
+//!    batch.
+//! 3. At a bad batch in the newest segment with E >= R: a torn tail. All
+//!    from there to the end of the file is cut (truncate, fdatasync,
+//!    preallocate again) and logged with position, size and reason
+//!    (`Finding::TornTail`, a warning); no later good batch is looked for.
+//! 4. Otherwise (E < R, or a sealed segment) the rest of the file is
+//!    searched, byte by byte, for a batch that passes its CRC with a first
+//!    offset in `E..E + u32::MAX`. Found: the bytes before it are corruption,
+//!    kept on disk (`Finding::Corrupt`, an error naming the file, byte
+//!    position and the unreadable offsets) and the scan goes on there. Not
+//!    found: in a sealed segment the rest is corruption (offsets E up to the
+//!    next base); in the newest segment it is cut as a torn tail, as in 3,
+//!    although it lies below R.
+//! 5. A sealed segment that ends cleanly before the next segment's base:
+//!    `Finding::Missing`; reads there fail with [`ReadError::Missing`].
+//! 6. The partition's next offset and visible end are the newest segment's
+//!    recovered end. The newest segment is fdatasynced only if a tail was
+//!    cut.
+//!
+//! [`Log::open_read_only`] (`log dump`, `log verify`) takes no lock and
+//! changes nothing; its findings say what a writing open would do.
+//!
+//! What bit rot costs. Batches past R up to the durable end were fsynced
+//! and, under `always`, acknowledged and perhaps replicated, but recovery
+//! cannot tell them from unsynced ones: a bad batch there (bit rot, a lost
+//! or misdirected write) cuts it and every batch after it in the segment,
+//! logged as a torn tail and not reported as corruption (`log verify` too
+//! lists it as a torn tail, not damage). That is at most about one interval
+//! of appends; with R = 0 (no `synced` yet, a missing or damaged checkpoint)
+//! it is the whole newest segment. Below R, a bad batch followed by a good
+//! one costs only its own offsets, reported as corruption; a bad batch with
+//! no good batch after it in the newest segment is cut (4). Nothing in a
+//! sealed segment is ever cut.
+//!
+//! # Reads
+//!
+//! Readers see offsets below the visible end only. A read of damaged offsets
+//! hands out the records before them, then fails with
+//! [`ReadError::Corrupt`], which names the file, byte position and
+//! `resume_at`, the first readable offset after the damage; a damaged batch
+//! wholly before the wanted offset is skipped, and an index entry that
+//! points at no batch makes the read rescan the segment from byte 0.
 //!
 //! # Retention
 //!
-//! Whole segments are deleted, never the active one: by age (`retention_ms`,
-//! only once replicated when replication is on) and by quota
-//! (`retention_bytes` per topic, and `min_free_bytes` for the filesystem).
-//! Replicated segments go first; unreplicated data is dropped only under
-//! `when_full = "drop_oldest"`, which records the dropped range as a gap;
-//! under `reject_new` appends are refused with [`AppendError::QuotaExceeded`].
+//! Whole segments are deleted, never a partition's newest one. Candidates
+//! are each partition's oldest segment; the one whose newest record is
+//! oldest goes first. A segment is replicated when replication is on and
+//! its end <= the cursor. By age (`retention_ms` against its largest record
+//! timestamp; only replicated segments while replication is on): every
+//! second and on [`Log::enforce_retention`]. By quota (`retention_bytes` per
+//! topic, the data of all its partitions; `min_free_bytes` free on the
+//! filesystem, one segment per check): before each write and every second.
+//! Replicated segments go first; unreplicated ones only under `when_full =
+//! "drop_oldest"` (the default); under `reject_new` appends that do not fit
+//! are refused with [`AppendError::QuotaExceeded`]. Deleting unreplicated
+//! records (with replication off: any) adds them to `dropped_records` and,
+//! with replication on, records their range as a gap. A deletion
+//! checkpoints the new `start` (and gap) first, then deletes `.log` and
+//! `.index` and fsyncs the directory (`retention::delete`); open finishes
+//! an interrupted one.
+//!
+//! # Invariants
+//!
+//! 1. Offsets are dense per partition: the writer numbers records on from
+//!    the next offset (`Writer::write_bucket`); a batch is accepted only
+//!    where the previous one ended (`recovery::scan`) and a record only at
+//!    its index (`batch::decode_record`). Damage makes offsets unreadable,
+//!    never renumbers them.
+//! 2. A segment's base is its first batch's offset and it ends where the
+//!    next segment begins (`Writer::segment_for`; `Opener::check_end`).
+//! 3. Under `always` and `interval_ms` the visible end moves only after the
+//!    fdatasync covering it (`syncer::sync_and_ack`, `Writer::sync_due`):
+//!    while the writer runs, no reader sees a record that is not on disk.
+//! 4. Under `always` a ticket resolves `Ok` only after the fdatasync of the
+//!    segment holding its records (`syncer::sync_and_ack`; an earlier
+//!    segment of the same write was synced by `Segment::seal` at the roll).
+//!    A ticket never hangs: a dropped `Completer` resolves it `Closed`.
+//! 5. R never decreases and is at most the visible end when written
+//!    (`Writer::checkpoint_recovery_points`).
+//! 6. Data is cut only from the newest segment at open, from a bad batch to
+//!    the end of the file (`Opener::settle_tail`), and every cut or damage
+//!    found is a `Finding`, logged by a writing open (`report`).
+//! 7. A checkpoint is replaced atomically and a damaged one is detected,
+//!    never half-read (`checkpoint::write_bytes`, `checkpoint::unframe`).
+//! 8. The replication cursor never moves back (`Log::set_replicated`) and
+//!    is not ahead of the visible end, because reads return only offsets
+//!    below it (`Reader::take`) and the replicator moves the cursor only
+//!    over records it read; the log itself does not check this.
+//! 9. Retention never deletes the active segment (`retention::oldest` skips
+//!    a partition with one segment) and persists the new start before
+//!    deleting files (`retention::delete`).
+//! 10. After a failed write or fsync no append succeeds (`Shared::poison`,
+//!     `Log::check_append`, `Writer::process`).
+//! 11. One process writes a log directory (`Storage::lock_dir`), through
+//!     one writer thread; queued bytes stay under `max_pending_bytes` plus
+//!     one append (`Log::try_append`).
 
 pub mod batch;
 mod capacity;
@@ -141,8 +337,8 @@ pub use config::{FsyncPolicy, LogConfig, TopicConfig, WhenFull, DEFAULT_TOPIC};
 pub use error::{AppendError, CheckpointError, OpenError, ReadError, StorageError};
 pub use partition::{Finding, Mode, PartitionLog, PartitionMeta};
 pub use stats::Stats;
-pub use summary::{Backlog, PartitionSummary, TopicSummary};
 pub use storage::{OsStorage, Storage};
+pub use summary::{Backlog, PartitionSummary, TopicSummary};
 pub use ticket::{AppendTicket, Appended};
 pub use types::{Compression, Offset, Partition, Record, SegmentBase, StoredRecord};
 

@@ -118,7 +118,9 @@ impl Log {
             .map(|t| TopicSummary {
                 name: t.name.clone(),
                 retention_bytes: t.config.retention_bytes,
-                appended_records: t.appended_records.load(std::sync::atomic::Ordering::Relaxed),
+                appended_records: t
+                    .appended_records
+                    .load(std::sync::atomic::Ordering::Relaxed),
                 appended_bytes: t.appended_bytes.load(std::sync::atomic::Ordering::Relaxed),
                 partitions: t.partitions.iter().map(|p| summarize(p, None)).collect(),
             })

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::json;
 
 use super::status::{Status, UpstreamState};
-use crate::http::metrics::Writer;
+use crate::observe::MetricsWriter as Writer;
 
 /// Reads the replicator's latest status (refreshed every second).
 pub struct Observer {
@@ -22,7 +22,7 @@ impl Observer {
     }
 }
 
-impl crate::http::Source for Observer {
+impl crate::observe::Section for Observer {
     fn name(&self) -> &'static str {
         "upstream"
     }

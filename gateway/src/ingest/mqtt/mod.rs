@@ -63,6 +63,7 @@ pub mod config;
 mod connect;
 pub mod error;
 pub mod gate;
+mod observe;
 mod reader;
 pub mod route;
 pub mod stats;
@@ -89,6 +90,7 @@ pub use config::MqttConfig;
 pub use error::{ConnError, StartError};
 pub use stats::MqttStats;
 
+use crate::ingest::{Context, Running, Shutdown, Source, SourceError, Starting};
 use crate::log::Log;
 use crate::net::{Acceptor, RateLimitedWarning};
 use route::Router;
@@ -165,9 +167,51 @@ impl Drop for MqttServer {
     }
 }
 
-/// Binds the listeners and starts accepting. Must run inside a tokio runtime.
-pub async fn start(config: &MqttConfig, log: Arc<Log>) -> Result<MqttServer, StartError> {
-    raise_fd_limit();
+/// The MQTT listener as a source of the gateway.
+struct MqttSource(MqttConfig);
+
+impl MqttConfig {
+    /// The listener, unless `enabled = false`.
+    pub fn source(&self) -> Option<Box<dyn Source>> {
+        self.enabled
+            .then(|| Box::new(MqttSource(self.clone())) as Box<dyn Source>)
+    }
+}
+
+impl Source for MqttSource {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn start<'a>(self: Box<Self>, ctx: Context<'a>) -> Starting<'a> {
+        Box::pin(async move {
+            let server = start(&self.0, ctx.log, ctx.shutdown)
+                .await
+                .map_err(|e| SourceError {
+                    source_name: "mqtt",
+                    error: Box::new(e),
+                })?;
+            ctx.registry.register(server.stats.clone());
+            Ok(Box::new(server) as Box<dyn Running>)
+        })
+    }
+}
+
+impl Running for MqttServer {
+    fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut addresses = vec![("mqtt", self.local_addr)];
+        addresses.extend(self.tls_addr.map(|tls| ("mqtts", tls)));
+        addresses
+    }
+}
+
+/// Binds the listeners and starts accepting until `shutdown`. Must run
+/// inside a tokio runtime.
+pub async fn start(
+    config: &MqttConfig,
+    log: Arc<Log>,
+    shutdown: Shutdown,
+) -> Result<MqttServer, StartError> {
     let router = Router::new(config, &log)?;
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let stats = Arc::new(MqttStats::default());
@@ -187,13 +231,23 @@ pub async fn start(config: &MqttConfig, log: Arc<Log>) -> Result<MqttServer, Sta
         addr: config.listen,
         source,
     })?;
-    let mut tasks = vec![tokio::spawn(accept_loop(plain, None, shared.clone()))];
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        plain,
+        None,
+        shared.clone(),
+        shutdown.clone(),
+    ))];
     let mut tls_addr = None;
     if let (Some(tls_config), Some(server_config)) = (&config.tls, tls) {
         let listener = bind(tls_config.listen).await?;
         tls_addr = listener.local_addr().ok();
         let acceptor = TlsAcceptor::from(server_config);
-        tasks.push(tokio::spawn(accept_loop(listener, Some(acceptor), shared)));
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            Some(acceptor),
+            shared,
+            shutdown,
+        )));
     }
     tracing::info!(%local_addr, tls = ?tls_addr, "mqtt listening");
     Ok(MqttServer {
@@ -237,11 +291,19 @@ fn connection_budget(max_connections: u64) -> u64 {
     budget.min(max_connections)
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+) {
     let mut listener = Acceptor::new(listener, "mqtt");
     let mut full = RateLimitedWarning::new(Duration::from_secs(10));
     loop {
-        let (socket, peer) = listener.accept().await;
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.requested() => return,
+        };
         let stats = &shared.stats;
         if MqttStats::get(&stats.connections_open) >= shared.max_connections {
             MqttStats::inc(&stats.connections_rejected);
@@ -309,25 +371,5 @@ where
         Ok(()) => tracing::debug!(%peer, client_id, "mqtt connection closed"),
         Err(ConnError::Io(e)) => tracing::debug!(%peer, client_id, "mqtt connection lost: {e}"),
         Err(e) => tracing::info!(%peer, client_id, "mqtt connection closed: {e}"),
-    }
-}
-
-/// Many idle sensors each hold a socket, and every segment of the log keeps
-/// its files open: lift the soft descriptor limit to the hard one (best
-/// effort; the accept loop copes with EMFILE anyway). `tidewell run` calls
-/// it before opening the log, so a log that grew under a raised limit can
-/// be reopened.
-pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
     }
 }

@@ -12,6 +12,7 @@
 pub mod config;
 mod frames;
 mod lines;
+mod observe;
 mod port;
 pub mod records;
 pub mod sim;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 pub use config::{Format, PortConfig, SerialConfig};
 
+use crate::ingest::{Context, Running, Source, Starting};
 use crate::log::Log;
 use records::Delivered;
 
@@ -60,6 +62,32 @@ pub struct SerialHandle {
     pub stats: Arc<SerialStats>,
     _tasks: AbortOnDrop,
 }
+
+/// Serial ingest as a source of the gateway. Started even without ports, so
+/// `/metrics` and `/status` always carry its section.
+struct SerialSource(SerialConfig);
+
+impl SerialConfig {
+    pub fn source(&self) -> Option<Box<dyn Source>> {
+        Some(Box::new(SerialSource(self.clone())))
+    }
+}
+
+impl Source for SerialSource {
+    fn name(&self) -> &'static str {
+        "serial"
+    }
+
+    fn start<'a>(self: Box<Self>, ctx: Context<'a>) -> Starting<'a> {
+        Box::pin(async move {
+            let handle = start(&self.0, ctx.log);
+            ctx.registry.register(handle.stats.clone());
+            Ok(Box::new(handle) as Box<dyn Running>)
+        })
+    }
+}
+
+impl Running for SerialHandle {}
 
 /// Starts one task per configured port. Must run inside a tokio runtime.
 pub fn start(config: &SerialConfig, log: Arc<Log>) -> SerialHandle {

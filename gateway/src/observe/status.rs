@@ -1,75 +1,6 @@
-//! `/status`: the gateway's state as JSON, for operators and `tidewell status`.
+//! `tidewell status`: the table printed from two `/status` samples.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use serde_json::{json, Value};
-
-use super::Observed;
-use crate::log::{PartitionSummary, TopicSummary};
-
-fn get(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
-}
-
-pub fn render(observed: &Observed) -> Value {
-    let log = &observed.log;
-    let topics: Vec<Value> = log.summaries().iter().map(topic).collect();
-    let mut out = json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": observed.started.elapsed().as_secs(),
-        "ready": observed.is_ready(),
-        "log": {
-            "data_dir": log.dir().display().to_string(),
-            "poisoned": log.poisoned(),
-            "topics": topics,
-        },
-    });
-    if let Some(m) = &observed.mqtt {
-        out["mqtt"] = json!({
-            "connections_open": get(&m.connections_open),
-            "publishes_appended": get(&m.publishes_appended),
-            "refused_not_authorized": get(&m.refused_not_authorized),
-            "refused_quota": get(&m.refused_quota),
-        });
-    }
-    if let Some(s) = &observed.serial {
-        out["serial"] = json!({
-            "ports_open": get(&s.ports_open),
-            "readings_appended": get(&s.readings_appended),
-            "bad_frames": get(&s.bad_frames),
-            "reconnects": get(&s.reconnects),
-        });
-    }
-    for source in &observed.sources {
-        out[source.name()] = source.status();
-    }
-    out
-}
-
-fn topic(topic: &TopicSummary) -> Value {
-    let partitions: Vec<Value> = topic.partitions.iter().map(partition).collect();
-    json!({
-        "name": topic.name,
-        "quota_bytes": topic.retention_bytes,
-        "size_bytes": topic.size_bytes(),
-        "partitions": partitions,
-    })
-}
-
-/// Backlog is what is not yet acknowledged upstream; without a cursor
-/// (buffer-only mode, or nothing replicated yet) it is everything kept.
-fn partition(part: &PartitionSummary) -> Value {
-    json!({
-        "partition": part.partition.0,
-        "start_offset": part.start.0,
-        "end_offset": part.end.0,
-        "replicated_offset": part.replicated.map(|o| o.0),
-        "backlog_records": part.backlog.records,
-        "backlog_bytes": part.backlog.bytes,
-        "dropped_records": part.dropped_records,
-        "gaps": part.gaps,
-    })
-}
+use serde_json::Value;
 
 /// The table `tidewell status` prints from two `/status` samples taken
 /// `seconds` apart (the drain rate and ETA come from their difference).
@@ -101,8 +32,9 @@ pub fn table(first: &Value, second: &Value, seconds: f64) -> String {
             out.push_str(&partition_row(name, p, earlier, seconds));
         }
     }
-    for section in ["mqtt", "serial", "upstream", "replication"] {
-        if let Some(map) = second[section].as_object() {
+    let sections = second.as_object().into_iter().flatten();
+    for (section, value) in sections.filter(|(k, _)| *k != "log") {
+        if let Some(map) = value.as_object() {
             let fields: Vec<String> = map
                 .iter()
                 .filter(|(_, v)| !v.is_object() && !v.is_array())

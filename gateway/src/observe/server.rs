@@ -1,4 +1,4 @@
-//! The observability endpoint: `/metrics` (Prometheus text format),
+//! The observability endpoint, serving what the [`Registry`] holds: `/metrics` (Prometheus text format),
 //! `/healthz` (the process answers), `/readyz` (log open and listeners up)
 //! and `/status` (JSON, read by `tidewell status`).
 //!
@@ -6,24 +6,15 @@
 //! connection, bounded request size and time. It binds to loopback by
 //! default; it exposes counters, never data.
 
-pub mod config;
-pub mod metrics;
-pub mod status;
-
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-pub use config::HttpConfig;
-
-use crate::ingest::mqtt::stats::MqttStats;
-use crate::ingest::serial::SerialStats;
-use crate::log::Log;
+use super::{HttpConfig, Registry};
 use crate::net::Acceptor;
 
 const MAX_REQUEST_BYTES: usize = 8192;
@@ -31,44 +22,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests served at once (a scraper and an operator need a few); each
 /// holds a descriptor and its buffers for at most `REQUEST_TIMEOUT`.
 const MAX_CONNECTIONS: usize = 32;
-
-/// A part of the gateway that reports metrics and status (the replicator
-/// plugs in here).
-pub trait Source: Send + Sync {
-    /// The key of its section in `/status`.
-    fn name(&self) -> &'static str;
-    fn metrics(&self, out: &mut metrics::Writer);
-    fn status(&self) -> serde_json::Value;
-}
-
-/// Everything the endpoint reports on.
-pub struct Observed {
-    pub log: Arc<Log>,
-    pub mqtt: Option<Arc<MqttStats>>,
-    pub serial: Option<Arc<SerialStats>>,
-    pub sources: Vec<Arc<dyn Source>>,
-    /// Set once the log is open and every listener is up.
-    pub ready: AtomicBool,
-    pub started: Instant,
-}
-
-impl Observed {
-    pub fn new(log: Arc<Log>) -> Observed {
-        Observed {
-            log,
-            mqtt: None,
-            serial: None,
-            sources: Vec::new(),
-            ready: AtomicBool::new(false),
-            started: Instant::now(),
-        }
-    }
-
-    /// Ready means: able to accept data and make it durable.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.log.poisoned().is_none()
-    }
-}
 
 /// The running endpoint; dropping it stops it.
 pub struct HttpServer {
@@ -82,7 +35,7 @@ impl Drop for HttpServer {
     }
 }
 
-pub async fn start(config: &HttpConfig, observed: Arc<Observed>) -> std::io::Result<HttpServer> {
+pub async fn start(config: &HttpConfig, registry: Arc<Registry>) -> std::io::Result<HttpServer> {
     let mut listener = Acceptor::new(TcpListener::bind(config.listen).await?, "http");
     let local_addr = listener.local_addr()?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -94,9 +47,9 @@ pub async fn start(config: &HttpConfig, observed: Arc<Observed>) -> std::io::Res
                 return;
             };
             let (socket, _) = listener.accept().await;
-            let observed = observed.clone();
+            let registry = registry.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(socket, &observed)).await;
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(socket, &registry)).await;
                 drop(slot);
             });
         }
@@ -104,7 +57,7 @@ pub async fn start(config: &HttpConfig, observed: Arc<Observed>) -> std::io::Res
     Ok(HttpServer { local_addr, task })
 }
 
-async fn serve(mut socket: TcpStream, observed: &Observed) -> std::io::Result<()> {
+async fn serve(mut socket: TcpStream, registry: &Registry) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -126,7 +79,7 @@ async fn serve(mut socket: TcpStream, observed: &Observed) -> std::io::Result<()
     }
     match path.split('?').next().unwrap_or_default() {
         "/metrics" => {
-            let body = metrics::render(observed);
+            let body = registry.render_metrics();
             respond(
                 &mut socket,
                 200,
@@ -136,12 +89,12 @@ async fn serve(mut socket: TcpStream, observed: &Observed) -> std::io::Result<()
             .await
         }
         "/healthz" => respond(&mut socket, 200, "text/plain", "ok\n").await,
-        "/readyz" if observed.is_ready() => {
+        "/readyz" if registry.is_ready() => {
             respond(&mut socket, 200, "text/plain", "ready\n").await
         }
         "/readyz" => respond(&mut socket, 503, "text/plain", "not ready\n").await,
         "/status" => {
-            let body = serde_json::to_string_pretty(&status::render(observed)).unwrap_or_default();
+            let body = serde_json::to_string_pretty(&registry.render_status()).unwrap_or_default();
             respond(&mut socket, 200, "application/json", &body).await
         }
         _ => respond(&mut socket, 404, "text/plain", "not found\n").await,
