@@ -57,14 +57,16 @@ enum Command {
     #[command(subcommand)]
     Mqtt(MqttCommand),
     /// Simulators that play devices.
+    #[cfg(feature = "sim")]
     #[command(subcommand)]
     Sim(SimCommand),
 }
 
+#[cfg(feature = "sim")]
 #[derive(Subcommand)]
 enum SimCommand {
     /// Play a firmware-proto sensor on a serial port (or pseudo-terminal).
-    Serial(crate::ingest::serial::sim::SimArgs),
+    Serial(crate::sim::serial::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -116,6 +118,7 @@ enum BenchCommand {
     /// Durable appends from concurrent producers, against SQLite and the raw fdatasync rate.
     Log(crate::bench::log::BenchArgs),
     /// Readings/s from the device simulator through a pty pair to the gateway, vs the line rate.
+    #[cfg(feature = "sim")]
     Serial(crate::bench::serial::SerialBenchArgs),
     /// Time to open a large log: after a clean stop, and after a crash with a torn tail.
     Open(crate::bench::open::OpenArgs),
@@ -168,9 +171,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check { config }) => config_check(&config),
         Command::Status { config, http, json } => status(config.as_deref(), http, json),
         Command::Log(LogCommand::Dump(args)) => dump(&args),
+        #[cfg(feature = "sim")]
         Command::Sim(SimCommand::Serial(args)) => {
-            crate::ingest::serial::sim::run(&args).map(|()| ExitCode::SUCCESS)
+            crate::sim::serial::run(&args).map(|()| ExitCode::SUCCESS)
         }
+        #[cfg(feature = "sim")]
         Command::Bench(BenchCommand::Serial(args)) => {
             crate::bench::serial::run(&args).map(|()| ExitCode::SUCCESS)
         }
@@ -194,31 +199,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The disk, or with `TIDEWELL_FAULT_EIO=write:N|fsync:N` (the fault
-/// campaign) a disk whose segment writes or fsyncs fail from the Nth on.
-fn storage() -> anyhow::Result<Arc<dyn log::Storage>> {
-    let Ok(spec) = std::env::var("TIDEWELL_FAULT_EIO") else {
-        return Ok(Arc::new(OsStorage));
-    };
-    let plan = log::faulty::FaultPlan::parse(&spec)
-        .with_context(|| format!("TIDEWELL_FAULT_EIO={spec:?}: expected write:N or fsync:N"))?;
-    tracing::warn!(
-        "fault injection on: segment {:?}s fail with EIO from the {}th",
-        plan.op,
-        plan.from
-    );
-    Ok(Arc::new(log::faulty::FaultyStorage {
-        inner: Arc::new(OsStorage),
-        plan: Arc::new(plan),
-    }))
-}
-
 fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = match config_path {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let mut gateway = Gateway::start(&config, storage()?)?;
+    let storage = crate::daemon::storage().map_err(anyhow::Error::msg)?;
+    let mut gateway = Gateway::start(&config, storage)?;
     gateway.announce_ready();
     gateway.wait_for_stop_signal();
     gateway.stop();

@@ -22,6 +22,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
@@ -29,3 +30,5 @@ pub mod log;
 pub mod net;
 pub mod observe;
 pub mod replicate;
+#[cfg(feature = "sim")]
+pub mod sim;

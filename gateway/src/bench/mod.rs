@@ -7,6 +7,7 @@ pub mod log;
 pub mod mqtt;
 pub mod open;
 pub mod replicate;
+#[cfg(feature = "sim")]
 pub mod serial;
 
 use std::io::{BufRead, BufReader};

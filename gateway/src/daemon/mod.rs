@@ -6,6 +6,8 @@
 //! [`Gateway::wait_for_stop_signal`] and [`Gateway::stop`]; an in-process
 //! test can call the same.
 
+#[cfg(feature = "test-hooks")]
+mod hooks;
 mod log_section;
 mod signals;
 pub mod systemd;
@@ -157,6 +159,16 @@ impl Gateway {
             Err(_) => tracing::warn!("log still referenced at stop"),
         }
     }
+}
+
+/// The disk the log is opened on: the operating system's (with the
+/// `test-hooks` feature, a faulty one when `TIDEWELL_FAULT_EIO` asks).
+pub fn storage() -> Result<Arc<dyn Storage>, String> {
+    #[cfg(feature = "test-hooks")]
+    if let Some(faulty) = hooks::faulty_storage()? {
+        return Ok(faulty);
+    }
+    Ok(Arc::new(crate::log::OsStorage))
 }
 
 /// glibc serves an allocation above its mmap threshold (128 KiB) with its

@@ -307,11 +307,13 @@ mod capacity;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod faulty;
 pub mod partition;
 pub mod recovery;
 mod retention;
 pub mod segment;
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod sim;
 pub mod stats;
 pub mod storage;

@@ -1,7 +1,7 @@
 //! The storage seam: the few file operations the log needs.
 //!
 //! Production uses [`OsStorage`] (plain files, `pwrite`/`pread`, `fdatasync`,
-//! directory fsync). Tests use [`crate::log::sim::SimDisk`], which keeps a
+//! directory fsync). Tests use `log::sim::SimDisk` (with the `test-hooks` feature), which keeps a
 //! written and a synced copy of every file and can crash, tear writes, write
 //! short and fail the N-th operation.
 

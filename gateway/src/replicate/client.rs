@@ -185,6 +185,7 @@ pub fn producer(
 /// Raises a fatal idempotent-producer error inside librdkafka, as if the
 /// broker had fenced the producer: the fault campaign and the tests use it
 /// (through `TIDEWELL_FAULT_FATAL_AFTER_ACKS`) to exercise the rebuild.
+#[cfg(feature = "test-hooks")]
 pub fn inject_fatal(producer: &Producer) {
     let reason = c"injected by TIDEWELL_FAULT_FATAL_AFTER_ACKS";
     // SAFETY: the handle is live for as long as `producer`, and librdkafka

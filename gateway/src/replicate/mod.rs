@@ -184,6 +184,7 @@ impl Replicator {
             last_checkpoint: Instant::now(),
             last_status: Instant::now(),
             next_first: 0,
+            #[cfg(feature = "test-hooks")]
             fatal_after_acks: fault_fatal_after_acks(),
             session_acks: 0,
             config,
@@ -237,7 +238,8 @@ impl Drop for Replicator {
 
 /// `TIDEWELL_FAULT_FATAL_AFTER_ACKS=N`: every upstream session raises a
 /// fatal producer error after its Nth acknowledgement. For the tests and the
-/// fault campaign; unset in production.
+/// fault campaign; only in builds with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 fn fault_fatal_after_acks() -> Option<u64> {
     let n = std::env::var("TIDEWELL_FAULT_FATAL_AFTER_ACKS").ok()?;
     match n.parse::<u64>() {

@@ -48,7 +48,8 @@ pub struct Runner {
     /// Streams are served starting here, rotating, so none starves.
     pub next_first: usize,
     /// Fault injection: a fatal producer error after this many
-    /// acknowledgements in every session.
+    /// acknowledgements in every session (`test-hooks` builds only).
+    #[cfg(feature = "test-hooks")]
     pub fatal_after_acks: Option<u64>,
     pub session_acks: u64,
 }
@@ -262,6 +263,7 @@ impl Runner {
     /// injection asks for it, makes librdkafka raise a fatal error.
     fn count_ack(&mut self) {
         self.session_acks += 1;
+        #[cfg(feature = "test-hooks")]
         if Some(self.session_acks) == self.fatal_after_acks {
             if let Some(producer) = &self.producer {
                 tracing::warn!("fault injection: raising a fatal producer error");

@@ -15,7 +15,6 @@ mod lines;
 mod observe;
 mod port;
 pub mod records;
-pub mod sim;
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
