@@ -6,13 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use base64::Engine;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
 use crate::daemon::Gateway;
-use crate::log::{self, Log, Offset, OsStorage, Partition, ReadError, StoredRecord};
+use crate::log::{self, Log, OsStorage};
 
 #[derive(Parser)]
 #[command(
@@ -277,77 +276,18 @@ fn open_existing(data_dir: &Path) -> anyhow::Result<Log> {
 fn verify(data_dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let log = open_existing(data_dir)?;
     let report = log::verify::verify(&log)?;
-    let rebuilt: Vec<String> = log
-        .findings()
-        .iter()
-        .filter_map(|f| match f {
-            log::Finding::IndexRebuilt { path } => Some(format!(
-                "{}: index does not match its segment (rebuilt at the next start)",
-                path.display()
-            )),
-            log::Finding::BadCheckpoint { path, what } => {
-                Some(format!("{}: {what}", path.display()))
-            }
-            log::Finding::StrayFile { path } => {
-                Some(format!("{}: unknown file (ignored)", path.display()))
-            }
-            _ => None,
-        })
-        .collect();
+    let notes = log::verify::notes(&log);
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"report": report, "notes": rebuilt, "ok": !report.damaged()})
-            )?
-        );
+        let json = json!({"report": report, "notes": notes, "ok": !report.damaged()});
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        print_verify(&report, &rebuilt);
+        report.write_text(&notes, &mut std::io::stdout().lock())?;
     }
     Ok(if report.damaged() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn print_verify(report: &log::verify::Report, notes: &[String]) {
-    for p in &report.partitions {
-        println!(
-            "{}/{}: offsets {}..{}, {} segments, {} batches, {} records, {} bytes",
-            p.topic,
-            p.partition,
-            p.start_offset,
-            p.end_offset,
-            p.segments,
-            p.batches,
-            p.records,
-            p.bytes
-        );
-        for problem in &p.problems {
-            let at = problem
-                .position
-                .map(|x| format!(" at byte {x}"))
-                .unwrap_or_default();
-            let level = if problem.damage { "DAMAGE" } else { "note" };
-            println!(
-                "  {level}: {}{at}: {}",
-                problem.path.display(),
-                problem.what
-            );
-        }
-    }
-    for note in notes {
-        println!("note: {note}");
-    }
-    println!(
-        "{}",
-        if report.damaged() {
-            "verify: DAMAGED"
-        } else {
-            "verify: OK"
-        }
-    );
 }
 
 fn dump(args: &DumpArgs) -> anyhow::Result<ExitCode> {
@@ -357,104 +297,19 @@ fn dump(args: &DumpArgs) -> anyhow::Result<ExitCode> {
             bail!("no topic {topic:?} in {}", args.data_dir.display());
         }
     }
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    let mut damaged = false;
-    for topic in log.topics() {
-        if args.topic.as_ref().is_some_and(|t| t != &topic.name) {
-            continue;
-        }
-        for part in &topic.partitions {
-            if args.partition.is_some_and(|p| p != part.id.0) {
-                continue;
-            }
-            damaged |= dump_partition(&log, &topic.name, part.id, args.from, &mut out)?;
-        }
-    }
+    let filter = log::dump::DumpFilter {
+        topic: args.topic.clone(),
+        partition: args.partition,
+        from: args.from,
+    };
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let damaged = log::dump::dump(&log, &filter, &mut out, &mut |topic, partition, e| {
+        eprintln!("tidewell: {topic}/{partition}: {e}");
+    })?;
     out.flush()?;
     Ok(if damaged {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Dumps one partition; damaged stretches are reported on stderr and skipped.
-fn dump_partition(
-    log: &Log,
-    topic: &str,
-    partition: Partition,
-    from: Option<u64>,
-    out: &mut impl Write,
-) -> anyhow::Result<bool> {
-    let (start, end) = log
-        .offsets(topic, partition)
-        .context("partition vanished")?;
-    let mut next = from.map_or(start, Offset).max(start);
-    let mut damaged = false;
-    while next < end {
-        match log.read(topic, partition, next, 1 << 20) {
-            Ok(records) if records.is_empty() => break,
-            Ok(records) => {
-                for record in &records {
-                    writeln!(out, "{}", record_json(topic, partition, record))?;
-                }
-                next = Offset(records[records.len() - 1].offset.0 + 1);
-            }
-            Err(e) => {
-                damaged = true;
-                eprintln!("tidewell: {topic}/{partition}: {e}");
-                match resume_point(&e) {
-                    Some(resume) if resume > next => next = resume,
-                    _ => break,
-                }
-            }
-        }
-    }
-    Ok(damaged)
-}
-
-fn resume_point(e: &ReadError) -> Option<Offset> {
-    match e {
-        ReadError::Corrupt { resume_at, .. } => *resume_at,
-        ReadError::Missing { to, .. } => Some(*to),
-        _ => None,
-    }
-}
-
-fn record_json(topic: &str, partition: Partition, stored: &StoredRecord) -> serde_json::Value {
-    let r = &stored.record;
-    let mut value = json!({
-        "topic": topic,
-        "partition": partition.0,
-        "offset": stored.offset.0,
-        "timestamp_ms": r.timestamp_ms,
-    });
-    put_bytes(&mut value, "key", r.key.as_deref());
-    put_bytes(&mut value, "payload", Some(&r.value));
-    let headers: Vec<serde_json::Value> = r
-        .headers
-        .iter()
-        .map(|(name, v)| {
-            let mut h = json!({ "name": name });
-            put_bytes(&mut h, "value", Some(v));
-            h
-        })
-        .collect();
-    value["headers"] = json!(headers);
-    value
-}
-
-/// UTF-8 text under `name`, anything else base64 under `name_base64`.
-fn put_bytes(target: &mut serde_json::Value, name: &str, bytes: Option<&[u8]>) {
-    match bytes {
-        None => target[name] = serde_json::Value::Null,
-        Some(b) => match std::str::from_utf8(b) {
-            Ok(text) => target[name] = json!(text),
-            Err(_) => {
-                target[format!("{name}_base64")] =
-                    json!(base64::engine::general_purpose::STANDARD.encode(b))
-            }
-        },
-    }
 }

@@ -306,6 +306,7 @@ pub mod batch;
 mod capacity;
 pub mod checkpoint;
 pub mod config;
+pub mod dump;
 pub mod error;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod faulty;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::error::{StorageContext, StorageError};
-use super::partition::PartitionLog;
+use super::partition::{Finding, PartitionLog};
 use super::recovery;
 use super::segment::{read_batch_from, Segment};
 use super::types::Offset;
@@ -182,4 +182,66 @@ fn verify_segment(
         }
     }
     Ok(())
+}
+
+/// What open found besides damage, one line each: rebuilt indexes, bad
+/// checkpoints, stray files.
+pub fn notes(log: &Log) -> Vec<String> {
+    log.findings()
+        .iter()
+        .filter_map(|f| match f {
+            Finding::IndexRebuilt { path } => Some(format!(
+                "{}: index does not match its segment (rebuilt at the next start)",
+                path.display()
+            )),
+            Finding::BadCheckpoint { path, what } => Some(format!("{}: {what}", path.display())),
+            Finding::StrayFile { path } => {
+                Some(format!("{}: unknown file (ignored)", path.display()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+impl Report {
+    /// The report as `tidewell log verify` prints it, ending in
+    /// `verify: OK` or `verify: DAMAGED`.
+    pub fn write_text(
+        &self,
+        notes: &[String],
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        for p in &self.partitions {
+            writeln!(
+                out,
+                "{}/{}: offsets {}..{}, {} segments, {} batches, {} records, {} bytes",
+                p.topic,
+                p.partition,
+                p.start_offset,
+                p.end_offset,
+                p.segments,
+                p.batches,
+                p.records,
+                p.bytes
+            )?;
+            for problem in &p.problems {
+                let at = problem
+                    .position
+                    .map(|x| format!(" at byte {x}"))
+                    .unwrap_or_default();
+                let level = if problem.damage { "DAMAGE" } else { "note" };
+                writeln!(
+                    out,
+                    "  {level}: {}{at}: {}",
+                    problem.path.display(),
+                    problem.what
+                )?;
+            }
+        }
+        for note in notes {
+            writeln!(out, "note: {note}")?;
+        }
+        let verdict = if self.damaged() { "DAMAGED" } else { "OK" };
+        writeln!(out, "verify: {verdict}")
+    }
 }
