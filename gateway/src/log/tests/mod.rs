@@ -3,6 +3,7 @@
 
 mod corrupt;
 mod crash;
+mod golden;
 mod model;
 mod retention;
 
