@@ -7,27 +7,12 @@
 
 use std::net::IpAddr;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::Argon2;
 use tokio::time::Instant;
 
 use super::acl::Acl;
 use super::config::MqttConfig;
+pub use super::gate::{hash_password, AuthFailure};
 use super::gate::{Attempt, Gate};
-
-/// Why a CONNECT is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// Unknown user or wrong password (indistinguishable on purpose).
-    BadCredentials,
-    /// No credentials, and anonymous access is not allowed here.
-    NotAuthorized,
-    /// Not checked: this client id or address failed recently.
-    Throttled,
-    /// Not checked: too many connections are waiting for a check.
-    Busy,
-}
 
 /// Who is connecting, as far as authentication cares.
 pub struct Credentials<'a> {
@@ -71,14 +56,6 @@ pub async fn authenticate(
         who.client_id,
         Some(username),
     ))
-}
-
-/// An argon2id PHC string for `password`, with a fresh random salt.
-pub fn hash_password(password: &[u8]) -> Result<String, argon2::password_hash::Error> {
-    let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
-        .hash_password(password, &salt)?
-        .to_string())
 }
 
 #[cfg(test)]

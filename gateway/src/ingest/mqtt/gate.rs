@@ -34,18 +34,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use blake2::digest::{FixedOutput, KeyInit, Update};
 use blake2::Blake2bMac;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::auth::AuthFailure;
 use super::config::{MqttConfig, UserConfig};
 use super::stats::MqttStats;
 
@@ -59,6 +59,27 @@ const TRACKED: usize = 8192;
 pub const FORGET: Duration = Duration::from_secs(15 * 60);
 const FIRST_DELAY: Duration = Duration::from_secs(1);
 const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Unknown user or wrong password (indistinguishable on purpose).
+    BadCredentials,
+    /// No credentials, and anonymous access is not allowed here.
+    NotAuthorized,
+    /// Not checked: this client id or address failed recently.
+    Throttled,
+    /// Not checked: too many connections are waiting for a check.
+    Busy,
+}
+
+/// An argon2id PHC string for `password`, with a fresh random salt.
+pub fn hash_password(password: &[u8]) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::default()
+        .hash_password(password, &salt)?
+        .to_string())
+}
 
 type Tag = [u8; 32];
 
@@ -77,21 +98,6 @@ pub struct Attempt<'a> {
     pub client_id: &'a str,
     pub username: &'a str,
     pub password: &'a [u8],
-}
-
-/// What the gate counts (read by the metrics endpoint).
-#[derive(Debug, Default)]
-pub struct GateStats {
-    /// argon2 checks run.
-    pub checks: AtomicU64,
-    /// CONNECTs let in by a cached credential, without a check.
-    pub cache_hits: AtomicU64,
-    /// Refused without a check: the client id or address is being slowed down.
-    pub throttled: AtomicU64,
-    /// Refused without a check: the queue was full or too slow for the deadline.
-    pub busy: AtomicU64,
-    /// Connections waiting for a check now.
-    pub waiting: AtomicUsize,
 }
 
 pub struct Gate {
@@ -255,11 +261,11 @@ fn verify_password(phc: &str, password: &[u8]) -> bool {
 /// usernames are checked against.
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| super::auth::hash_password(b"tidewell-unknown-user").unwrap_or_default())
+    DUMMY.get_or_init(|| hash_password(b"tidewell-unknown-user").unwrap_or_default())
 }
 
 fn fill_random(key: &mut Tag) {
-    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    use argon2::password_hash::rand_core::RngCore;
     OsRng.fill_bytes(key);
 }
 
@@ -362,7 +368,6 @@ fn delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::mqtt::auth::hash_password;
 
     fn config(cache_s: u64) -> MqttConfig {
         MqttConfig {

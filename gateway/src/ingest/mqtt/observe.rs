@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
-use super::gate::GateStats;
+use super::stats::GateStats;
 use super::stats::MqttStats;
 use crate::observe::{MetricsWriter, Section};
 

@@ -2,7 +2,7 @@
 //!
 //! Every refusal is counted by cause: nothing is dropped without a trace.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 #[derive(Debug, Default)]
 pub struct MqttStats {
@@ -36,7 +36,7 @@ pub struct MqttStats {
     /// Live records a slow subscriber missed (its queue overflowed).
     pub deliveries_lagged: AtomicU64,
     /// Password checks: run, cached, throttled, refused as busy.
-    pub gate: super::gate::GateStats,
+    pub gate: GateStats,
 }
 
 impl MqttStats {
@@ -51,4 +51,19 @@ impl MqttStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+}
+
+/// What the gate counts (read by the metrics endpoint).
+#[derive(Debug, Default)]
+pub struct GateStats {
+    /// argon2 checks run.
+    pub checks: AtomicU64,
+    /// CONNECTs let in by a cached credential, without a check.
+    pub cache_hits: AtomicU64,
+    /// Refused without a check: the client id or address is being slowed down.
+    pub throttled: AtomicU64,
+    /// Refused without a check: the queue was full or too slow for the deadline.
+    pub busy: AtomicU64,
+    /// Connections waiting for a check now.
+    pub waiting: AtomicUsize,
 }
