@@ -3,10 +3,16 @@
 //! started and nothing noticed). The figures are not checked, only that the
 //! command exits 0 and prints them.
 
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
 use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
+use harness::BIN;
 
 /// Runs `tidewell bench ARGS --dir DIR` and returns what it printed.
 fn bench(dir: &Path, args: &[&str]) -> String {

@@ -1,30 +1,25 @@
 //! `tidewell config check` and `tidewell run` on good and bad configuration
 //! files: every problem is reported with its key path and line.
 
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Arc;
 
+use harness::{write_config, Launch};
 use tidewell::log::{Log, LogConfig, OsStorage, TopicConfig};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
-
+/// `tidewell config check --config PATH`: (success, stdout).
 fn check(path: &Path) -> (bool, String) {
-    let out: Output = Command::new(BIN)
-        .args(["config", "check", "--config"])
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn write(dir: &Path, text: &str) -> std::path::PathBuf {
-    let path = dir.join("tidewell.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let out = harness::tidewell(
+        &["config", "check", "--config", path.to_str().unwrap()],
+        None,
+    );
+    (out.status.success(), harness::text(&out).0)
 }
 
 #[test]
@@ -43,7 +38,7 @@ fn the_commented_example_is_a_valid_configuration() {
             "/var/lib/tidewell",
             dir.path().join("data").to_str().unwrap(),
         );
-    let (ok, out) = check(&write(dir.path(), &text));
+    let (ok, out) = check(&write_config(dir.path(), &text));
     assert!(ok, "{out}");
     assert!(out.contains(": OK"));
 }
@@ -51,7 +46,7 @@ fn the_commented_example_is_a_valid_configuration() {
 #[test]
 fn a_wrong_type_is_reported_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
+    let path = write_config(
         dir.path(),
         "data_dir = \"d\"\n\n[topics.ingest]\npartitions = \"four\"\n",
     );
@@ -66,7 +61,7 @@ fn a_wrong_type_is_reported_with_its_line() {
 #[test]
 fn an_unknown_key_is_reported_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
+    let path = write_config(
         dir.path(),
         "[mqtt]\nlisten = \"127.0.0.1:1883\"\nlisen = \"oops\"\n",
     );
@@ -100,7 +95,7 @@ topic = \"ingest\"
 filter = \"devices/+/telemetry\"
 topic = \"ingest\"
 ";
-    let (ok, out) = check(&write(dir.path(), text));
+    let (ok, out) = check(&write_config(dir.path(), text));
     assert!(!ok);
     for expected in [
         "line 4: topics.ingest.partitions: must be at least 1",
@@ -123,7 +118,7 @@ fn changing_the_partition_count_of_a_topic_on_disk_is_refused() {
     )
     .unwrap();
     log.close();
-    let path = write(
+    let path = write_config(
         dir.path(),
         &format!(
             "data_dir = \"{}\"\n[topics.ingest]\npartitions = 4\n",
@@ -137,16 +132,12 @@ fn changing_the_partition_count_of_a_topic_on_disk_is_refused() {
         "{out}"
     );
 
-    let run = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let run = Launch::config_file(dir.path(), &path).run_to_exit();
     assert!(!run.status.success(), "run refuses the same file");
     assert!(
-        String::from_utf8_lossy(&run.stderr).contains("topics.ingest.partitions"),
+        run.stderr.contains("topics.ingest.partitions"),
         "{}",
-        String::from_utf8_lossy(&run.stderr)
+        run.stderr
     );
 }
 
@@ -165,7 +156,7 @@ partitions = 1
 filter = \"devices/#\"
 topic = \"telemtry\"
 ";
-    let (ok, out) = check(&write(dir.path(), text));
+    let (ok, out) = check(&write_config(dir.path(), text));
     assert!(!ok, "{out}");
     assert!(
         out.contains("mqtt.routes[0].topic: no such topic \"telemtry\""),
@@ -192,6 +183,6 @@ partitions = 1
 [mqtt]
 enabled = false
 ";
-    let (ok, out) = check(&write(dir.path(), text));
+    let (ok, out) = check(&write_config(dir.path(), text));
     assert!(ok, "{out}");
 }

@@ -8,14 +8,17 @@
 //! `TIDEWELL_FAULT_KILLS` sets the number of SIGKILLs of the process
 //! campaign (default 200, the CI run; the long run uses 1000 or more).
 
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+#[path = "harness/kafka.rs"]
+mod kafka;
 #[path = "faults/ledger.rs"]
 mod ledger;
 #[path = "faults/load.rs"]
 mod load;
-#[path = "mqtt_support/mod.rs"]
-mod support;
-#[path = "replicate_support/mod.rs"]
-mod upstream;
 
 use std::path::Path;
 use std::process::Command;
@@ -23,10 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::tansu::Broker;
+use harness::{wait_until, Gateway, Launch};
+use kafka::{consume_all, drained, status};
 use ledger::{Evidence, Found, Ledger, Report};
 use rumqttc::QoS;
-use support::{Gateway, BIN};
-use upstream::{consume_all, drained, status, wait_until, Broker};
 
 const GATEWAY_ID: &str = "gw-faults";
 const TOPIC: &str = "ingest";
@@ -82,7 +86,7 @@ filter = "devices/+/telemetry"
 topic = "{TOPIC}"
 key = "segment:1"
 "#,
-        data_dir = support::data_dir_line(dir),
+        data_dir = harness::data_dir_line(dir),
     )
 }
 
@@ -158,13 +162,8 @@ fn stop_devices(
 /// What survived: `log verify` damage, the local dump, and (when a broker is
 /// given) what a consumer reads from the remote topic.
 fn evidence(data_dir: &Path, broker: Option<&mut Broker>) -> Evidence {
-    let verify = Command::new(BIN)
-        .args(["log", "verify", "--json", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    let verified = ledger::parse_verify(&String::from_utf8_lossy(&verify.stdout)).unwrap();
-    let local = ledger::found_in_dump(&support::dump_text(data_dir), Some(TOPIC)).unwrap();
+    let verified = ledger::parse_verify(&harness::verify_json(data_dir)).unwrap();
+    let local = ledger::found_in_dump(&harness::dump_text(data_dir), Some(TOPIC)).unwrap();
     let upstream = broker.map(|b| {
         read_upstream(b)
             .into_iter()
@@ -184,7 +183,7 @@ fn evidence(data_dir: &Path, broker: Option<&mut Broker>) -> Evidence {
 
 /// Everything in the remote topic; restarts tansu first if its storage task
 /// panicked (it does under load), and tries again if the read fails.
-fn read_upstream(broker: &mut Broker) -> Vec<upstream::Upstream> {
+fn read_upstream(broker: &mut Broker) -> Vec<kafka::Upstream> {
     for attempt in 1.. {
         broker.revive();
         let bootstrap = broker.bootstrap();
@@ -192,7 +191,7 @@ fn read_upstream(broker: &mut Broker) -> Vec<upstream::Upstream> {
         match read {
             Ok(records) => return records,
             Err(_) if attempt < 3 => {
-                eprintln!("reading upstream failed (attempt {attempt}); again")
+                eprintln!("reading upstream failed (attempt {attempt}); again");
             }
             Err(e) => std::panic::resume_unwind(e),
         }
@@ -244,13 +243,13 @@ fn acknowledged_messages_survive_repeated_sigkills() {
     let seed = seed();
     println!("process campaign: {kills} kills, seed {seed} (TIDEWELL_FAULT_SEED)");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let broker_dir = dir.path().join("broker");
     std::fs::create_dir_all(&broker_dir).unwrap();
     let mut broker = Broker::start(&broker_dir);
     broker.create_topic(REMOTE, PARTITIONS);
     let cfg = config(dir.path(), &broker.bootstrap(), "retention_ms = 1000");
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let ledger = Arc::new(Ledger::new());
     let started = Instant::now();
@@ -295,7 +294,7 @@ fn acknowledged_messages_survive_repeated_sigkills() {
         "replication did not catch up: {:#?}\nbroker:\n{}\ngateway:\n{}",
         status(&data_dir),
         broker.log_tail(),
-        gateway.stderr.lock().unwrap().join("\n")
+        gateway.stderr_text()
     );
     gateway.stop();
 
@@ -354,7 +353,7 @@ fn kill_once(
     };
     // The fault's timing is the point here, not a wait for a condition.
     std::thread::sleep(Duration::from_millis(delay));
-    gateway.kill9();
+    gateway.kill();
     stop_devices(runtime, &stop, devices);
     moment
 }
@@ -368,7 +367,7 @@ fn acknowledged_messages_survive_repeated_sigkills_buffer_only() {
     let seed = seed();
     println!("buffer-only process campaign: {kills} kills, seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let cfg = local_config(dir.path(), "");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let ledger = Arc::new(Ledger::new());
@@ -379,7 +378,7 @@ fn acknowledged_messages_survive_repeated_sigkills_buffer_only() {
         *moments.entry(moment).or_default() += 1;
     }
     Gateway::start(dir.path(), &cfg).stop();
-    let mut report = ledger.reconcile(&evidence(&support::data_dir(dir.path()), None));
+    let mut report = ledger.reconcile(&evidence(&harness::data_dir(dir.path()), None));
     kill_rows(
         &mut report,
         "process kills (SIGKILL), buffer-only",
@@ -394,8 +393,7 @@ fn acknowledged_messages_survive_repeated_sigkills_buffer_only() {
 
 /// The body of a 200 answer, or the error (naming the status) otherwise.
 fn readyz(gateway: &Gateway) -> String {
-    let http = gateway.http_addr.expect("http address").to_string();
-    tidewell::observe::get(&http, "/readyz").unwrap_or_else(|e| e.to_string())
+    gateway.get("/readyz").unwrap_or_else(|e| e)
 }
 
 /// Segment fsyncs start failing with EIO (a dying SD card, through the
@@ -415,13 +413,13 @@ fn eio_on_write_poisons_the_writer_and_nothing_is_acknowledged_after_it() {
 }
 
 fn eio_campaign(spec: &str, name: &str) {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let cfg = local_config(dir.path(), "");
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let ledger = Arc::new(Ledger::new());
     let env = [("TIDEWELL_FAULT_EIO", spec)];
-    let gateway = Gateway::start_with_env(dir.path(), &cfg, &env);
+    let gateway = Launch::config(dir.path(), &cfg).envs(&env).start();
     let stop = Arc::new(AtomicBool::new(false));
     let devices = start_devices(&runtime, gateway.port(), &ledger, &stop, seed());
     let poisoned = wait_until(Duration::from_secs(30), || {
@@ -446,7 +444,7 @@ fn eio_campaign(spec: &str, name: &str) {
         acked_at_poison,
         "acknowledged after the failure"
     );
-    gateway.kill9();
+    gateway.kill();
 
     // A healthy disk again: everything acknowledged is there.
     let gateway = Gateway::start(dir.path(), &cfg);
@@ -504,8 +502,8 @@ impl Drop for SmallFs {
 /// everything acknowledged before is intact.
 #[test]
 fn a_full_filesystem_with_reject_new_refuses_and_keeps_everything_acknowledged() {
-    let dir = support::temp_dir();
-    let data_dir = support::data_dir(dir.path());
+    let dir = harness::temp_dir();
+    let data_dir = harness::data_dir(dir.path());
     let Some(_fs) = SmallFs::data_dir(&data_dir) else {
         return;
     };
@@ -559,8 +557,8 @@ min_free_bytes = 1048576
 /// acknowledged after them is lost, nothing is corrupt or out of order.
 #[test]
 fn a_full_filesystem_with_drop_oldest_drops_only_the_oldest_and_records_it() {
-    let dir = support::temp_dir();
-    let data_dir = support::data_dir(dir.path());
+    let dir = harness::temp_dir();
+    let data_dir = harness::data_dir(dir.path());
     let Some(_fs) = SmallFs::data_dir(&data_dir) else {
         return;
     };
@@ -588,9 +586,7 @@ fn a_full_filesystem_with_drop_oldest_drops_only_the_oldest_and_records_it() {
     while ledger.acked() < acked_at_fill * 2 {
         publish_round();
     }
-    let http = gateway.http_addr.unwrap().to_string();
-    let status: serde_json::Value =
-        serde_json::from_str(&tidewell::observe::get(&http, "/status").unwrap()).unwrap();
+    let status = gateway.status();
     let partitions = status["log"]["topics"][0]["partitions"]
         .as_array()
         .unwrap()

@@ -1,28 +1,24 @@
 //! The `tidewell` binary's log commands and `run` on embedded defaults,
 //! driven as a user would.
 
-use std::io::{BufRead, BufReader};
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use harness::{text, Launch};
 use tidewell::log::{Log, LogConfig, OsStorage, Partition, Record, TopicConfig};
 
+/// `tidewell ARGS` in `cwd`.
 fn tidewell(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tidewell"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(output: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    harness::tidewell(args, Some(cwd))
 }
 
 /// A log with two topics: `sensors` (2 partitions, small segments) and `raw` (binary payloads).
@@ -254,71 +250,20 @@ fn verify_and_dump_refuse_a_missing_directory_clearly() {
     assert!(text(&out).1.contains("no topic \"nope\""));
 }
 
-/// `tidewell run` with no config. The defaults bind fixed loopback ports
-/// (1883, 9464), which a broker installed on the machine (Debian starts
-/// mosquitto on 1883) may hold: as root the run gets a network namespace of
-/// its own, with only a loopback, so the test measures Tidewell alone.
-fn embedded_defaults_run() -> Command {
-    let bin = env!("CARGO_BIN_EXE_tidewell");
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let isolated = root
-        && Command::new("unshare")
-            .args(["--net", "true"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !isolated {
-        let mut command = Command::new(bin);
-        command.arg("run");
-        return command;
-    }
-    let mut command = Command::new("unshare");
-    command.args([
-        "--net",
-        "sh",
-        "-c",
-        "ip link set lo up && exec \"$0\" run",
-        bin,
-    ]);
-    command
-}
-
+/// `tidewell run` with no config, in its own network when run as root
+/// (the defaults' fixed ports may be taken on this machine).
 #[test]
 fn run_on_embedded_defaults_creates_the_log_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = embedded_defaults_run()
-        .current_dir(dir.path())
-        .env("TIDEWELL_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|l: &String| l.starts_with("tidewell: ready"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("no 'ready' line within 20 s: {seen:?}"),
-        }
-    }
+    let gateway = Launch::embedded_defaults(dir.path())
+        .own_network_if_root()
+        .ready_within(Duration::from_secs(20))
+        .start();
     assert!(dir
         .path()
         .join("tidewell-data/ingest/0/00000000000000000000.log")
         .exists());
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = wait_with_deadline(&mut child, Duration::from_secs(20));
+    let status = gateway.stop();
     assert!(status.success(), "exit status {status:?}");
     let verify = tidewell(
         &["log", "verify", "--data-dir", "tidewell-data"],
@@ -327,49 +272,21 @@ fn run_on_embedded_defaults_creates_the_log_and_stops_cleanly_on_sigterm() {
     assert!(verify.status.success(), "{:?}", text(&verify));
 }
 
-fn wait_with_deadline(
-    child: &mut std::process::Child,
-    limit: Duration,
-) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not stop within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20)); // polling a process exit; no condition to await
-    }
-}
-
-/// The first log line the gateway writes on stderr with `envs` set.
+/// The first log line the gateway writes on stderr with `envs` set, and
+/// without the harness's `TIDEWELL_LOG` and `NO_COLOR`: the default level
+/// and leaving colours out when stderr is no terminal are the gateway's own.
 fn first_log_line(envs: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tidewell.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n[mqtt]\nenabled = false\n[http]\nenabled = false\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewell"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .envs(envs.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    line
+    let config = format!(
+        "{}[mqtt]\nenabled = false\n[http]\nenabled = false\n",
+        harness::data_dir_line(dir.path())
+    );
+    let gateway = Launch::config(dir.path(), &config)
+        .env_remove("TIDEWELL_LOG")
+        .env_remove("NO_COLOR")
+        .envs(envs)
+        .spawn();
+    gateway.first_stderr_line()
 }
 
 #[test]

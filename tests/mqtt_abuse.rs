@@ -3,19 +3,22 @@
 //! remaining length, packet types only servers send, silent (half-open)
 //! connections, and a thousand idle sockets.
 
-#[path = "mqtt_support/mod.rs"]
-mod support;
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::Gateway;
+use harness::Gateway;
 
 fn config(dir: &std::path::Path) -> String {
     format!(
         "{}\n[mqtt]\nlisten = \"127.0.0.1:0\"\nconnect_timeout_ms = 1000\nkeep_alive_max_s = 2\nmax_payload_bytes = 65536\n",
-        support::data_dir_line(dir)
+        harness::data_dir_line(dir)
     )
 }
 
@@ -56,7 +59,7 @@ fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
 
 /// A client that behaves: QoS 1 publish, acknowledged.
 fn well_behaved_publish(gateway: &Gateway, id: &str) {
-    let mut s = connect(gateway.addr);
+    let mut s = connect(gateway.mqtt());
     s.write_all(&connect_frame(4, id, 30)).unwrap();
     let mut connack = [0u8; 4];
     s.read_exact(&mut connack).unwrap();
@@ -75,28 +78,28 @@ fn well_behaved_publish(gateway: &Gateway, id: &str) {
 
 #[test]
 fn broken_and_hostile_connections_are_closed_and_others_still_served() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let mut gateway = Gateway::start(dir.path(), &config(dir.path()));
 
     // Garbage instead of CONNECT.
-    let mut s = connect(gateway.addr);
+    let mut s = connect(gateway.mqtt());
     s.write_all(&[0xFF; 64]).unwrap();
     read_until_closed(&mut s);
 
     // A truncated CONNECT, then nothing: closed by the connect timeout.
-    let mut s = connect(gateway.addr);
+    let mut s = connect(gateway.mqtt());
     s.write_all(&connect_frame(4, "trunc", 30)[..9]).unwrap();
     let started = Instant::now();
     read_until_closed(&mut s);
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // A 256 MB remaining length as the first packet: refused from the header.
-    let mut s = connect(gateway.addr);
+    let mut s = connect(gateway.mqtt());
     s.write_all(&[0x10, 0xFF, 0xFF, 0xFF, 0x7F]).unwrap();
     read_until_closed(&mut s);
 
     // The same after a good MQTT 5 CONNECT: DISCONNECT 0x95, then closed.
-    let mut s = connect(gateway.addr);
+    let mut s = connect(gateway.mqtt());
     s.write_all(&connect_frame(5, "huge", 30)).unwrap();
     s.write_all(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F]).unwrap();
     let got = read_until_closed(&mut s);
@@ -106,19 +109,19 @@ fn broken_and_hostile_connections_are_closed_and_others_still_served() {
     assert_eq!(disconnect[2], 0x95, "reason: packet too large");
 
     // A CONNACK sent by a client (rumqttd's own v5 reader panics on this).
-    let mut s = connect(gateway.addr);
+    let mut s = connect(gateway.mqtt());
     s.write_all(&connect_frame(5, "odd", 30)).unwrap();
     s.write_all(&[0x20, 3, 0, 0, 0]).unwrap();
     read_until_closed(&mut s);
 
     // An unknown protocol level: CONNACK 0x01, closed.
-    let mut s = connect(gateway.addr);
+    let mut s = connect(gateway.mqtt());
     s.write_all(&connect_frame(3, "old", 30)).unwrap();
     assert_eq!(read_until_closed(&mut s), [0x20, 2, 0, 1]);
 
     well_behaved_publish(&gateway, "good");
     assert!(gateway.is_running());
-    assert!(support::wait_until(Duration::from_secs(5), || {
+    assert!(harness::wait_until(Duration::from_secs(5), || {
         gateway.stderr_contains("exceeds the maximum")
             && gateway.stderr_contains("malformed packet")
             && gateway.stderr_contains("no CONNECT within")
@@ -127,11 +130,11 @@ fn broken_and_hostile_connections_are_closed_and_others_still_served() {
 
 #[test]
 fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let gateway = Gateway::start(dir.path(), &config(dir.path()));
     // Keep-alive 0 ("none") is capped at keep_alive_max_s = 2: a half-open
     // connection cannot stay forever.
-    let mut s = connect(gateway.addr);
+    let mut s = connect(gateway.mqtt());
     s.write_all(&connect_frame(4, "quiet", 0)).unwrap();
     let started = Instant::now();
     let got = read_until_closed(&mut s);
@@ -141,7 +144,7 @@ fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
         waited >= Duration::from_millis(2900) && waited < Duration::from_secs(8),
         "closed after {waited:?}"
     );
-    assert!(support::wait_until(Duration::from_secs(5), || gateway
+    assert!(harness::wait_until(Duration::from_secs(5), || gateway
         .stderr_contains("1.5 x keep-alive")));
 }
 
@@ -157,11 +160,11 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_thousand_idle_connections_do_not_stop_a_well_behaved_client() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let gateway = Gateway::start(dir.path(), &config(dir.path()));
-    let idle: Vec<TcpStream> = (0..1000).map(|_| connect(gateway.addr)).collect();
+    let idle: Vec<TcpStream> = (0..1000).map(|_| connect(gateway.mqtt())).collect();
     well_behaved_publish(&gateway, "busy-day");
-    let rss = rss_kib(gateway.child.id());
+    let rss = rss_kib(gateway.pid());
     eprintln!("gateway RSS with 1000 idle connections: {rss} KiB");
     assert!(rss < 64 * 1024, "RSS {rss} KiB");
     // Every idle socket is closed by the connect timeout.

@@ -3,17 +3,20 @@
 //! MQTT 5 reason codes (0x87, 0x95, 0x97) and 3.1.1 disconnects, live
 //! subscriptions, and TLS with a test CA and client certificates.
 
-#[path = "mqtt_support/mod.rs"]
-mod support;
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use harness::{dump, header, Gateway};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode, Packet, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
-use support::{dump, header, Gateway};
 
 const PASSWORD: &str = "correct horse";
 
@@ -46,13 +49,13 @@ subscribe_acl = ["devices/#"]
 filter = "quota/#"
 topic = "small"
 "#,
-        data_dir = support::data_dir_line(dir)
+        data_dir = harness::data_dir_line(dir)
     )
 }
 
 fn start(dir: &Path) -> Gateway {
-    let ann = support::hash_password(PASSWORD);
-    let dash = support::hash_password("dash-pw");
+    let ann = harness::hash_password(PASSWORD);
+    let dash = harness::hash_password("dash-pw");
     Gateway::start(dir, &config(dir, &ann, &dash))
 }
 
@@ -99,7 +102,7 @@ async fn publish_outcome(
 
 #[test]
 fn wrong_password_and_anonymous_clients_are_refused() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let gateway = start(dir.path());
     let port = gateway.port();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -165,7 +168,7 @@ fn wrong_password_and_anonymous_clients_are_refused() {
         }
     });
     // And mosquitto_pub (MQTT 3.1.1) sees the refusal too.
-    support::require_mosquitto_clients();
+    harness::mosquitto::require_clients();
     let out = Command::new("mosquitto_pub")
         .args([
             "-p",
@@ -190,7 +193,7 @@ fn wrong_password_and_anonymous_clients_are_refused() {
 
 #[test]
 fn forbidden_topic_gets_0x87_on_mqtt5_and_a_disconnect_on_3_1_1() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let gateway = start(dir.path());
     let port = gateway.port();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -233,7 +236,7 @@ fn forbidden_topic_gets_0x87_on_mqtt5_and_a_disconnect_on_3_1_1() {
     });
     drop(rt);
     gateway.stop();
-    let records = dump(&support::data_dir(dir.path()));
+    let records = dump(&harness::data_dir(dir.path()));
     assert!(records
         .iter()
         .all(|r| header(r, "mqtt.topic") != Some("devices/someone-else/t")));
@@ -244,11 +247,11 @@ fn forbidden_topic_gets_0x87_on_mqtt5_and_a_disconnect_on_3_1_1() {
 
 #[test]
 fn oversize_payload_gets_0x95_and_a_full_log_gets_0x97() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let gateway = start(dir.path());
     let port = gateway.port();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let log = gateway.stderr.clone();
+    let log = gateway.stderr();
     rt.block_on(async {
         let big = publish_outcome(port, "c1", "devices/c1/t", vec![b'x'; 5000]).await;
         assert!(
@@ -260,7 +263,7 @@ fn oversize_payload_gets_0x95_and_a_full_log_gets_0x97() {
                 }))
             ),
             "{big:?}\n{}",
-            log.lock().unwrap().join("\n")
+            log.text()
         );
         // `small` holds 16 KiB under reject_new: 1 KiB publishes are refused
         // with 0x97 once it is full, and not before.
@@ -287,7 +290,7 @@ fn oversize_payload_gets_0x95_and_a_full_log_gets_0x97() {
 
 #[test]
 fn subscribers_get_durable_records_live_within_their_acl() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let gateway = start(dir.path());
     let port = gateway.port();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -341,12 +344,12 @@ fn subscribers_get_durable_records_live_within_their_acl() {
 
 #[test]
 fn tls_with_a_test_ca_requires_client_certificates() {
-    support::require_mosquitto_clients();
-    let dir = support::temp_dir();
-    support::make_certs(dir.path());
+    harness::mosquitto::require_clients();
+    let dir = harness::temp_dir();
+    harness::make_certs(dir.path());
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let ann = support::hash_password(PASSWORD);
-    let dash = support::hash_password("dash-pw");
+    let ann = harness::hash_password(PASSWORD);
+    let dash = harness::hash_password("dash-pw");
     let config = format!(
         "{}\n[mqtt.tls]\nlisten = \"127.0.0.1:0\"\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
         config(dir.path(), &ann, &dash),
@@ -356,7 +359,7 @@ fn tls_with_a_test_ca_requires_client_certificates() {
     );
     let gateway = Gateway::start(dir.path(), &config);
     let tls_port = gateway
-        .tls_addr
+        .mqtts()
         .expect("tls address in the ready line")
         .port()
         .to_string();
@@ -402,7 +405,7 @@ fn tls_with_a_test_ca_requires_client_certificates() {
     wrong.extend(["-u", "ann", "-P", "guess"]);
     assert!(!publish(&wrong, "t3", "tls-wrong").status.success());
     gateway.stop();
-    let payloads: Vec<String> = dump(&support::data_dir(dir.path()))
+    let payloads: Vec<String> = dump(&harness::data_dir(dir.path()))
         .iter()
         .filter_map(|r| r["payload"].as_str().map(String::from))
         .collect();

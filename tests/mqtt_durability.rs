@@ -4,8 +4,11 @@
 //! client is still publishing), restarted, and every acknowledged message is
 //! found by `tidewell log dump`, in per-device order, QoS 2 without duplicates.
 
-#[path = "mqtt_support/mod.rs"]
-mod support;
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -14,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use harness::{dump, header, Gateway};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-use support::{dump, header, Gateway};
 
 const RUMQTTC_CLIENTS: usize = 16;
 const MOSQUITTO_CLIENTS: usize = 4;
@@ -40,7 +43,7 @@ filter = "devices/+/telemetry"
 topic = "telemetry"
 key = "segment:1"
 "#,
-        support::data_dir_line(dir)
+        harness::data_dir_line(dir)
     )
 }
 
@@ -202,8 +205,8 @@ fn acked_total(acked: &Acked) -> usize {
 
 #[test]
 fn every_acknowledged_publish_survives_sigkill_in_device_order() {
-    support::require_mosquitto_clients();
-    let dir = support::temp_dir();
+    harness::mosquitto::require_clients();
+    let dir = harness::temp_dir();
     let gateway = Gateway::start(dir.path(), &config(dir.path()));
     let port = gateway.port();
     let acked: Acked = Arc::default();
@@ -235,7 +238,7 @@ fn every_acknowledged_publish_survives_sigkill_in_device_order() {
         stop.clone(),
     ));
     let expected = (RUMQTTC_CLIENTS + MOSQUITTO_CLIENTS) * MESSAGES;
-    let all_acked = support::wait_until(Duration::from_secs(60), || {
+    let all_acked = harness::wait_until(Duration::from_secs(60), || {
         let acks = acked.lock().unwrap();
         let finished: usize = acks
             .iter()
@@ -244,8 +247,8 @@ fn every_acknowledged_publish_survives_sigkill_in_device_order() {
             .sum();
         finished >= expected
     });
-    let gateway_log = gateway.stderr.clone();
-    gateway.kill9();
+    let gateway_log = gateway.stderr();
+    gateway.kill();
     stop.store(true, Ordering::Relaxed);
     let counts: Vec<(String, usize)> = acked
         .lock()
@@ -257,7 +260,7 @@ fn every_acknowledged_publish_survives_sigkill_in_device_order() {
         all_acked,
         "only {} of {expected} acknowledged: {counts:?}\n{}",
         acked_total(&acked),
-        gateway_log.lock().unwrap().join("\n")
+        gateway_log.text()
     );
     for m in mosquittos {
         m.join().unwrap();
@@ -273,7 +276,7 @@ fn every_acknowledged_publish_survives_sigkill_in_device_order() {
     // Restart on the same directory (recovery runs), stop cleanly, read back.
     let gateway = Gateway::start(dir.path(), &config(dir.path()));
     gateway.stop();
-    let records = dump(&support::data_dir(dir.path()));
+    let records = dump(&harness::data_dir(dir.path()));
     check(&records, &acked.lock().unwrap());
 }
 
@@ -348,9 +351,9 @@ fn expect(s: &mut std::net::TcpStream, wanted: [u8; 4]) {
 #[test]
 fn a_resent_qos2_publish_is_appended_once() {
     use std::io::Write;
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let gateway = Gateway::start(dir.path(), &config(dir.path()));
-    let mut s = std::net::TcpStream::connect(gateway.addr).unwrap();
+    let mut s = std::net::TcpStream::connect(gateway.mqtt()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let id = b"q2dev";
     let mut connect = vec![
@@ -383,7 +386,7 @@ fn a_resent_qos2_publish_is_appended_once() {
     s.write_all(&[0x62, 2, 0, 5, 0xE0, 0]).unwrap();
     expect(&mut s, [0x70, 2, 0, 5]);
     gateway.stop();
-    let payloads: Vec<_> = dump(&support::data_dir(dir.path()))
+    let payloads: Vec<_> = dump(&harness::data_dir(dir.path()))
         .iter()
         .filter(|r| header(r, "mqtt.client_id") == Some("q2dev"))
         .map(|r| r["payload"].as_str().unwrap().to_string())

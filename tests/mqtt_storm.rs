@@ -4,8 +4,11 @@
 //! byte at a time), and a descriptor limit that runs out. Raw MQTT 3.1.1
 //! CONNECTs from tokio sockets, as device firmware sends them.
 
-#[path = "mqtt_support/mod.rs"]
-mod support;
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use support::Gateway;
+use harness::{Gateway, Launch};
 
 /// A 3.1.1 CONNECT, clean session, with username and password when given.
 fn connect_frame(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
@@ -103,24 +106,8 @@ fn config(dir: &Path, extra: &str, users: &str) -> String {
     };
     format!(
         "{}[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\nallow_anonymous = {anonymous}\n{timeout}{extra}\n{users}",
-        support::data_dir_line(dir)
+        harness::data_dir_line(dir)
     )
-}
-
-/// Polls the async `condition` until it holds or `timeout` passes.
-async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -161,10 +148,10 @@ fn a_thousand_authenticated_devices_connecting_at_once_get_in_with_bounded_memor
     // 100 accounts of 10 devices each (a credential per site or batch); the
     // devices of an account arrive together and share one check.
     const ACCOUNTS: usize = 100;
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let gateway = Gateway::start(dir.path(), &config(dir.path(), "", &users(ACCOUNTS)));
-    let addr = gateway.addr;
-    let idle = status_kib(gateway.child.id(), "VmRSS:");
+    let addr = gateway.mqtt();
+    let idle = status_kib(gateway.pid(), "VmRSS:");
     let started = Instant::now();
     let connected = runtime().block_on(async move {
         let tasks: Vec<_> = (0..DEVICES)
@@ -186,7 +173,7 @@ fn a_thousand_authenticated_devices_connecting_at_once_get_in_with_bounded_memor
         open.len()
     });
     let took = started.elapsed();
-    let hwm = status_kib(gateway.child.id(), "VmHWM:");
+    let hwm = status_kib(gateway.pid(), "VmHWM:");
     eprintln!(
         "{connected} devices connected in {took:?}; {} password checks; gateway RSS {idle} KiB idle, peak {hwm} KiB",
         gateway.metric("tidewell_mqtt_auth_checks_total")
@@ -204,10 +191,10 @@ fn a_thousand_authenticated_devices_connecting_at_once_get_in_with_bounded_memor
 fn ten_thousand_wrong_passwords_do_not_keep_valid_devices_out() {
     const WRONG: usize = 10_000;
     const VALID: usize = 100;
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let gateway = Gateway::start(dir.path(), &config(dir.path(), "", &users(VALID)));
-    let addr = gateway.addr;
-    let idle = status_kib(gateway.child.id(), "VmRSS:");
+    let addr = gateway.mqtt();
+    let idle = status_kib(gateway.pid(), "VmRSS:");
     let (valid_ok, refused) = runtime().block_on(async move {
         let attacker = tokio::spawn(async move {
             let mut refused = 0;
@@ -241,7 +228,7 @@ fn ten_thousand_wrong_passwords_do_not_keep_valid_devices_out() {
         }
         (valid_ok, attacker.await.unwrap())
     });
-    let hwm = status_kib(gateway.child.id(), "VmHWM:");
+    let hwm = status_kib(gateway.pid(), "VmHWM:");
     let checks = gateway.metric("tidewell_mqtt_auth_checks_total");
     let bad = gateway.metric("tidewell_mqtt_refusals_total{reason=\"auth\"}");
     let throttled = gateway.metric("tidewell_mqtt_auth_refusals_total{reason=\"throttled\"}");
@@ -267,11 +254,11 @@ fn ten_thousand_wrong_passwords_do_not_keep_valid_devices_out() {
 /// are closed at the connect timeout; memory does not grow with them.
 #[test]
 fn silent_and_dripping_sockets_are_closed_at_the_connect_timeout_with_flat_memory() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let cfg = config(dir.path(), "connect_timeout_ms = 3000\n", "");
     let gateway = Gateway::start(dir.path(), &cfg);
-    let addr = gateway.addr;
-    let pid = gateway.child.id();
+    let addr = gateway.mqtt();
+    let pid = gateway.pid();
     let before = status_kib(pid, "VmRSS:");
     let (closed, during) = runtime().block_on(async move {
         let mut silent = Vec::new();
@@ -333,11 +320,12 @@ fn silent_and_dripping_sockets_are_closed_at_the_connect_timeout_with_flat_memor
 /// rate, and accepts again once some close.
 #[test]
 fn out_of_descriptors_the_gateway_serves_what_it_has_and_recovers() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let cfg = config(dir.path(), "", "");
-    let gateway = Gateway::start_with_nofile(dir.path(), &cfg, 256);
-    let addr = gateway.addr;
-    runtime().block_on(async move {
+    let gateway = Launch::config(dir.path(), &cfg).nofile(256).start();
+    let addr = gateway.mqtt();
+    let runtime = runtime();
+    let open = runtime.block_on(async move {
         let mut open = Vec::new();
         let mut refused = 0;
         for i in 0..400 {
@@ -361,17 +349,19 @@ fn out_of_descriptors_the_gateway_serves_what_it_has_and_recovers() {
             assert_eq!(pong, [0xD0, 0]);
         }
         open.truncate(open.len() - 50);
-        // Once connections close, new ones get in again.
-        let again = eventually(Duration::from_secs(10), || async {
+        open
+    });
+    // Once connections close, new ones get in again (while the rest stay open).
+    let again = harness::wait_until(Duration::from_secs(10), || {
+        runtime.block_on(async {
             matches!(connect(loopback(1), addr, "again", None).await, Ok((0, _)))
         })
-        .await;
-        assert!(again, "no connection accepted after descriptors freed up");
     });
+    assert!(again, "no connection accepted after descriptors freed up");
+    drop(open);
     let warnings = gateway
-        .stderr
-        .lock()
-        .unwrap()
+        .stderr()
+        .lines()
         .iter()
         .filter(|l| l.contains("mqtt connection refused") || l.contains("out of descriptors"))
         .count();

@@ -19,6 +19,11 @@
 //! `TIDEWELL_POWERCUT_CONSOLE=1` prints the guest console of every cycle. The VM is built by
 //! `tests/faults/vm/build-initramfs.sh`; see `tests/faults/README.md`.
 
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
 #[path = "faults/ledger.rs"]
 mod ledger;
 #[path = "faults/load.rs"]
@@ -27,16 +32,15 @@ mod load;
 mod qemu;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::BIN;
 use ledger::{Evidence, Ledger, Report};
-use qemu::{run, Machine, Vm};
+use qemu::{Machine, Vm};
 use rumqttc::QoS;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
 /// The log topic the devices' MQTT topics are routed to.
 const TOPIC: &str = "telemetry";
 const DEVICES: usize = 4;
@@ -345,22 +349,9 @@ impl Campaign {
             return Ok((evidence, fs_problems));
         };
         self.segments = count_files(&data, "log");
-        let verify = run(
-            Command::new(BIN)
-                .args(["log", "verify", "--json", "--data-dir"])
-                .arg(&data),
-            &[0, 1],
-        );
-        let verified = ledger::parse_verify(&String::from_utf8_lossy(&verify.stdout))?;
+        let verified = ledger::parse_verify(&harness::verify_json(&data))?;
         evidence.damage.extend(verified.damage);
-        let dump = run(
-            Command::new(BIN)
-                .args(["log", "dump", "--data-dir"])
-                .arg(&data),
-            &[0],
-        );
-        let dump = String::from_utf8_lossy(&dump.stdout);
-        evidence.local = ledger::found_in_dump(&dump, Some(TOPIC))?;
+        evidence.local = ledger::found_in_dump(&harness::dump_text(&data), Some(TOPIC))?;
         Ok((evidence, fs_problems))
     }
 

@@ -4,21 +4,22 @@
 //! or duplicates, and quota drops are reported as gaps. What arrived is read
 //! back with rdkafka and, independently, with confluent-kafka (Python).
 
-#[path = "mqtt_support/mod.rs"]
-mod support;
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
 
-#[path = "replicate_support/mod.rs"]
-mod upstream;
+#[path = "harness/mod.rs"]
+mod harness;
+#[path = "harness/kafka.rs"]
+mod kafka;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::Gateway;
-use upstream::{
-    by_key, consume_all, consume_all_python, consume_all_with, drained, free_port, publish, status,
-    wait_until, Broker, TlsFront,
-};
+use harness::mqtt::publish;
+use harness::tansu::{Broker, TlsFront};
+use harness::{free_port, wait_until, Gateway, Launch};
+use kafka::{by_key, consume_all, consume_all_python, consume_all_with, drained, status};
 
 const GATEWAY_ID: &str = "gw-test";
 const REMOTE: &str = "gw-test.ingest";
@@ -64,13 +65,13 @@ local = "ingest"
 remote = "{{gateway_id}}.{{topic}}"
 partitioning = "same"
 "#,
-        data_dir = support::data_dir_line(dir),
+        data_dir = harness::data_dir_line(dir),
         bootstrap = broker.bootstrap(),
     )
 }
 
 fn setup() -> (tempfile::TempDir, Broker) {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let broker_dir = dir.path().join("broker");
     std::fs::create_dir_all(&broker_dir).unwrap();
     let broker = Broker::start(&broker_dir);
@@ -97,7 +98,7 @@ fn wait_drained(gateway: &Gateway, data_dir: &Path, records: u64, timeout: Durat
         ok,
         "not drained within {timeout:?}: {:#?}\n{}",
         status(data_dir),
-        gateway.stderr.lock().unwrap().join("\n")
+        gateway.stderr_text()
     );
 }
 
@@ -125,7 +126,7 @@ fn published_records_arrive_upstream_in_per_key_order_with_headers() {
     let (dir, broker) = setup();
     let gateway = Gateway::start(dir.path(), &config(dir.path(), &broker, "", ""));
     publish_devices(gateway.port(), 4, 0..250);
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     wait_drained(&gateway, &data_dir, 1000, Duration::from_secs(60));
 
     assert_eq!(assert_complete(&broker, 4, 250), 0, "duplicates");
@@ -180,7 +181,7 @@ fn published_records_arrive_upstream_in_per_key_order_with_headers() {
     gateway.stop();
 }
 
-fn sorted(records: &[upstream::Upstream]) -> Vec<upstream::Upstream> {
+fn sorted(records: &[kafka::Upstream]) -> Vec<kafka::Upstream> {
     let mut out = records.to_vec();
     out.sort_by_key(|r| (r.partition, r.offset));
     out
@@ -195,7 +196,7 @@ fn broker_outage_loses_nothing_and_duplicates_nothing() {
     let cfg = config(dir.path(), &broker, "", "")
         .replace("message_timeout_ms = 5000", "message_timeout_ms = 60000");
     let gateway = Gateway::start(dir.path(), &cfg);
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     publish_devices(gateway.port(), 4, 0..125);
     wait_drained(&gateway, &data_dir, 500, Duration::from_secs(60));
 
@@ -229,11 +230,11 @@ fn sigkill_while_draining_adds_no_duplicates() {
     // A capped uplink so the drain takes seconds and the kills land mid-drain.
     let extra = "bandwidth_bytes_per_s = 40000\nmax_in_flight_records = 1000\n";
     let cfg = config(dir.path(), &broker, "", extra);
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     let gateway = Gateway::start(dir.path(), &cfg);
     broker.stop();
     publish_devices(gateway.port(), 4, 0..1000);
-    gateway.kill9();
+    gateway.kill();
     broker.restart();
 
     let mut kills = 0;
@@ -249,11 +250,11 @@ fn sigkill_while_draining_adds_no_duplicates() {
             moved,
             "round {round}: no progress: {:#?}\n{}\nbroker:\n{}",
             status(&data_dir),
-            gateway.stderr.lock().unwrap().join("\n"),
+            gateway.stderr_text(),
             broker.log_tail()
         );
         std::thread::sleep(Duration::from_millis(150 * (round % 3) as u64));
-        gateway.kill9();
+        gateway.kill();
         kills += 1;
     }
     let gateway = Gateway::start(dir.path(), &cfg);
@@ -278,7 +279,7 @@ fn the_bandwidth_cap_paces_a_backlog_drain() {
         "",
         &format!("bandwidth_bytes_per_s = {CAP}\n"),
     );
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     let gateway = Gateway::start(dir.path(), &cfg);
     broker.stop();
     publish_devices(gateway.port(), 4, 0..500);
@@ -325,7 +326,7 @@ fn quota_drops_only_the_oldest_and_replication_reports_the_gap() {
     let (dir, mut broker) = setup();
     let quota = "retention_bytes = 65536\nmax_segment_bytes = 16384\nwhen_full = \"drop_oldest\"\n";
     let gateway = Gateway::start(dir.path(), &config(dir.path(), &broker, quota, ""));
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     broker.stop();
     publish(gateway.port(), "d0", 0..3000);
     let dropped = |s: &serde_json::Value| -> u64 {
@@ -394,8 +395,8 @@ fn fatal_producer_errors_recreate_the_producer_and_skip_nothing() {
     let cfg = config(dir.path(), &broker, "", "max_in_flight_records = 100\n")
         .replace("backoff_initial_ms = 100", "backoff_initial_ms = 1000");
     let env = [("TIDEWELL_FAULT_FATAL_AFTER_ACKS", "300")];
-    let gateway = Gateway::start_with_env(dir.path(), &cfg, &env);
-    let data_dir = support::data_dir(dir.path());
+    let gateway = Launch::config(dir.path(), &cfg).envs(&env).start();
+    let data_dir = harness::data_dir(dir.path());
     publish_devices(gateway.port(), 4, 0..1000);
     wait_drained(&gateway, &data_dir, 4000, Duration::from_secs(120));
 
@@ -404,7 +405,7 @@ fn fatal_producer_errors_recreate_the_producer_and_skip_nothing() {
     assert!(
         sessions >= 3,
         "producer recreated: {s:#?}\n{}",
-        gateway.stderr.lock().unwrap().join("\n")
+        gateway.stderr_text()
     );
     assert!(
         gateway.stderr_contains("fatal producer error"),
@@ -421,12 +422,12 @@ fn fatal_producer_errors_recreate_the_producer_and_skip_nothing() {
 /// replication starts by itself once the topic is created.
 #[test]
 fn a_missing_remote_topic_is_reported_and_retried_until_created() {
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let broker_dir = dir.path().join("broker");
     std::fs::create_dir_all(&broker_dir).unwrap();
     let broker = Broker::start(&broker_dir);
     let gateway = Gateway::start(dir.path(), &config(dir.path(), &broker, "", ""));
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     publish_devices(gateway.port(), 2, 0..100);
 
     let missing = |s: &serde_json::Value| s["upstream"]["missing_topic_errors"].as_u64();
@@ -462,7 +463,7 @@ fn scram_over_tls_reports_a_wrong_password_and_recovers_when_corrected() {
     broker.create_user("gateway", "s3cret");
     let tls_port = free_port();
     broker.require_authentication(tls_port);
-    support::make_certs(dir.path());
+    harness::make_certs(dir.path());
     let p = |name: &str| dir.path().join(name);
     let _front = TlsFront::start(tls_port, &p("server.pem"), &p("server.key"), &broker);
     std::fs::write(p("password"), "wrong\n").unwrap();
@@ -475,7 +476,7 @@ fn scram_over_tls_reports_a_wrong_password_and_recovers_when_corrected() {
     let cfg = config(dir.path(), &broker, "", &security)
         .replace(&broker.bootstrap(), &format!("127.0.0.1:{tls_port}"));
     let gateway = Gateway::start(dir.path(), &cfg);
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     publish_devices(gateway.port(), 2, 0..100);
 
     let refused = wait_until(Duration::from_secs(60), || {
@@ -485,7 +486,7 @@ fn scram_over_tls_reports_a_wrong_password_and_recovers_when_corrected() {
     assert!(
         refused,
         "authorization error counted: {s:#?}\n{}",
-        gateway.stderr.lock().unwrap().join("\n")
+        gateway.stderr_text()
     );
     assert!(
         !drained(&data_dir, 200),

@@ -4,43 +4,32 @@
 //! keep arriving, then restored: replication resumes by itself, nothing is
 //! lost, nothing is duplicated. Needs root (CAP_NET_ADMIN) and `ip`.
 
-#[path = "mqtt_support/mod.rs"]
-mod support;
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
 
-#[path = "replicate_support/mod.rs"]
-mod upstream;
+#[path = "harness/mod.rs"]
+mod harness;
+#[path = "harness/kafka.rs"]
+mod kafka;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use upstream::{by_key, consume_all, drained, status, wait_until, Broker};
+use harness::tansu::Broker;
+use harness::{run, wait_until, Gateway, Launch};
+use kafka::{by_key, consume_all, drained, status};
 
 const REMOTE: &str = "gw-netns.ingest";
 
+/// `ip ARGS` (iproute2); it must succeed.
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(Command::new("ip").args(args), &[0]);
 }
 
 fn run_ok(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(Command::new(args[0]).args(&args[1..]), &[0]);
 }
 
 /// The namespace and veth pair; removed on drop.
@@ -122,49 +111,11 @@ impl Drop for Netns {
     }
 }
 
-/// Kills the gateway when the test ends, also when it fails.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `tidewell run` inside the namespace; returns it and its MQTT port.
-fn start_gateway(
-    ns: &Netns,
-    config_path: &std::path::Path,
-) -> (Child, u16, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, support::BIN, "run", "--config"])
-        .arg(config_path)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let pipe = child.stderr.take().unwrap();
-    let keep = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("mqtt="))
-            {
-                let _ = tx.send(addr.rsplit(':').next().unwrap().parse::<u16>().unwrap());
-            }
-            keep.lock().unwrap().push(line);
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("gateway ready line");
-    (child, port, lines)
+/// `tidewell run` inside the namespace, waited for until ready.
+fn start_gateway(ns: &Netns, dir: &Path, config_path: &Path) -> Gateway {
+    Launch::config_file(dir, config_path)
+        .inside(&["ip", "netns", "exec", &ns.name])
+        .start()
 }
 
 /// Publishes `device:seq` lines with mosquitto_pub inside the namespace.
@@ -223,7 +174,7 @@ backoff_max_ms = 2000
 checkpoint_interval_ms = 200
 dedupe_tail_records = 5000
 "#,
-        support::data_dir_line(dir),
+        harness::data_dir_line(dir),
         broker.bootstrap()
     )
 }
@@ -231,9 +182,9 @@ dedupe_tail_records = 5000
 /// A namespace, a temp dir, and a broker on the host side of the veth with
 /// `REMOTE` created.
 fn setup() -> (Netns, tempfile::TempDir, Broker) {
-    support::require_mosquitto_clients();
+    harness::mosquitto::require_clients();
     let ns = Netns::create();
-    let dir = support::temp_dir();
+    let dir = harness::temp_dir();
     let broker_dir = dir.path().join("broker");
     std::fs::create_dir_all(&broker_dir).unwrap();
     let broker = Broker::start_on(&broker_dir, &ns.host_ip);
@@ -247,9 +198,9 @@ fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself()
     let config = netns_config(dir.path(), &broker, SHORT_TIMEOUTS);
     let config_path = dir.path().join("tidewell.toml");
     std::fs::write(&config_path, config).unwrap();
-    let data_dir = support::data_dir(dir.path());
-    let (gateway, port, stderr) = start_gateway(&ns, &config_path);
-    let _gateway = KillOnDrop(gateway);
+    let data_dir = harness::data_dir(dir.path());
+    let gateway = start_gateway(&ns, dir.path(), &config_path);
+    let port = gateway.port();
 
     publish(&ns, port, "d0", 0..500);
     assert!(
@@ -270,7 +221,7 @@ fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself()
         noticed,
         "dead link not noticed: {:#?}\n{}",
         status(&data_dir),
-        stderr.lock().unwrap().join("\n")
+        gateway.stderr_text()
     );
     ns.link(true);
 
@@ -279,7 +230,7 @@ fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself()
         resumed,
         "no resume: {:#?}\n{}",
         status(&data_dir),
-        stderr.lock().unwrap().join("\n")
+        gateway.stderr_text()
     );
     let records = consume_all(&broker.bootstrap(), REMOTE, 1);
     let (keys, duplicates) = by_key(&records);
@@ -307,10 +258,10 @@ fn a_slow_uplink_drains_everything_in_order() {
     // Kafka's own default, and leaves room on a loaded machine.
     let timeouts = "request_timeout_ms = 30000\nmessage_timeout_ms = 300000";
     std::fs::write(&config_path, netns_config(dir.path(), &broker, timeouts)).unwrap();
-    let data_dir = support::data_dir(dir.path());
+    let data_dir = harness::data_dir(dir.path());
     ns.throttle("32kbit");
-    let (gateway, port, stderr) = start_gateway(&ns, &config_path);
-    let _gateway = KillOnDrop(gateway);
+    let gateway = start_gateway(&ns, dir.path(), &config_path);
+    let port = gateway.port();
     let started = std::time::Instant::now();
     publish(&ns, port, "d0", 0..2000);
     let ingest = started.elapsed();
@@ -319,7 +270,7 @@ fn a_slow_uplink_drains_everything_in_order() {
         drained_in,
         "not drained over the slow link: {:#?}\n{}",
         status(&data_dir),
-        stderr.lock().unwrap().join("\n")
+        gateway.stderr_text()
     );
     eprintln!(
         "slow link: 2000 records ingested in {ingest:?}, drained in {:?}",

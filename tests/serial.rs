@@ -3,24 +3,25 @@
 //! (`tidewell sim serial`, driving firmware-proto's `DeviceSession`) on the
 //! other, and `tidewell log dump` to read back what is on disk.
 
-use std::io::{BufRead, BufReader, Write};
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
+use harness::{wait_until, Gateway, BIN};
 
-/// Waits for `condition` with a deadline, re-checking every 20 ms.
-fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20)); // polling a condition other processes change
-    }
+/// Waits for `condition` with a deadline; fails the test naming `what`.
+fn wait_for(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
+    assert!(
+        wait_until(limit, condition),
+        "timed out after {limit:?} waiting for {what}"
+    );
 }
 
 /// A socat pseudo-terminal pair: the gateway's end and the device's end, at
@@ -67,55 +68,15 @@ impl Drop for Cable {
     }
 }
 
-struct Gateway(Child);
-
-impl Gateway {
-    fn start(dir: &Path, port: &Path, format: &str) -> Gateway {
-        let config = format!(
-            "data_dir = \"{data}\"\n[mqtt]\nenabled = false\n[[serial.ports]]\npath = \"{port}\"\nbaud = 115200\nformat = \"{format}\"\n",
-            data = dir.join("data").display(),
-            port = port.display(),
-        );
-        let path = dir.join("tidewell.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("gateway ready line");
-            if line.starts_with("tidewell: ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        Gateway(child)
-    }
-
-    fn kill(mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The gateway reading `port` as `format`, MQTT off (so its ready line
+/// names no `mqtt=`).
+fn start_gateway(dir: &Path, port: &Path, format: &str) -> Gateway {
+    let config = format!(
+        "{data}[mqtt]\nenabled = false\n[[serial.ports]]\npath = \"{port}\"\nbaud = 115200\nformat = \"{format}\"\n",
+        data = harness::data_dir_line(dir),
+        port = port.display(),
+    );
+    Gateway::start(dir, &config)
 }
 
 /// Starts the device simulator; its JSON report comes on stdout at the end.
@@ -137,22 +98,10 @@ fn report(child: Child) -> serde_json::Value {
     serde_json::from_str(text.trim()).expect("JSON report")
 }
 
-/// Every record in the gateway's log, as `tidewell log dump` prints it.
-fn dump(dir: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(BIN)
-        .args(["log", "dump", "--data-dir"])
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
 /// The `int` values of `device`'s readings in the log, in log order.
-fn logged_values(dir: &Path, device: &str) -> Vec<i64> {
-    dump(dir)
+fn logged_values(gateway: &Gateway, device: &str) -> Vec<i64> {
+    gateway
+        .dump()
         .into_iter()
         .filter(|r| r["key"] == device)
         .filter_map(|r| {
@@ -177,7 +126,7 @@ fn assert_exactly_once_in_order(values: &[i64], count: i64) {
 fn readings_arrive_in_the_log_in_order_and_are_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
-    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let gateway = start_gateway(dir.path(), &cable.gateway_end, "frames");
     let sim = device(
         &cable.device_end,
         &[
@@ -195,14 +144,14 @@ fn readings_arrive_in_the_log_in_order_and_are_acknowledged() {
     );
     let report = report(sim);
     assert_eq!(report["readings_acked"], 2000);
-    assert_exactly_once_in_order(&logged_values(dir.path(), "dev-a"), 2000);
+    assert_exactly_once_in_order(&logged_values(&gateway, "dev-a"), 2000);
 }
 
 #[test]
 fn line_noise_and_lost_bytes_never_append_damage_nor_lose_acknowledged_readings() {
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
-    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let gateway = start_gateway(dir.path(), &cable.gateway_end, "frames");
     let args = [
         "--count",
         "1500",
@@ -225,14 +174,14 @@ fn line_noise_and_lost_bytes_never_append_damage_nor_lose_acknowledged_readings(
             && report["bytes_dropped"].as_u64().unwrap() > 0,
         "{report}"
     );
-    assert_exactly_once_in_order(&logged_values(dir.path(), "noisy"), 1500);
+    assert_exactly_once_in_order(&logged_values(&gateway, "noisy"), 1500);
 }
 
 #[test]
 fn after_a_gateway_kill_unacknowledged_readings_are_resent_and_appended_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
-    let gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let gateway = start_gateway(dir.path(), &cable.gateway_end, "frames");
     // After 400 acknowledged readings the device stops hearing the gateway
     // for 4 s: its queue fills with batches that are in the log but never
     // acknowledged, exactly what a kill between fsync and Ack leaves behind.
@@ -258,20 +207,19 @@ fn after_a_gateway_kill_unacknowledged_readings_are_resent_and_appended_exactly_
     wait_for(
         "unacknowledged batches in the log",
         Duration::from_secs(30),
-        || logged_values(dir.path(), "dev-k").len() >= 600,
+        || logged_values(&gateway, "dev-k").len() >= 600,
     );
-    gateway.kill();
-    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let gateway = gateway.restart();
     let report = report(sim);
     assert_eq!(report["readings_acked"], 3000);
-    assert_exactly_once_in_order(&logged_values(dir.path(), "dev-k"), 3000);
+    assert_exactly_once_in_order(&logged_values(&gateway, "dev-k"), 3000);
 }
 
 #[test]
 fn an_unplugged_port_is_picked_up_again_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
-    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "frames");
+    let gateway = start_gateway(dir.path(), &cable.gateway_end, "frames");
     let sim = device(
         &cable.device_end,
         &[
@@ -293,14 +241,14 @@ fn an_unplugged_port_is_picked_up_again_when_it_returns() {
     wait_for(
         "readings before the unplug",
         Duration::from_secs(30),
-        || logged_values(dir.path(), "dev-u").len() >= 400,
+        || logged_values(&gateway, "dev-u").len() >= 400,
     );
     cable.unplug();
-    let before = logged_values(dir.path(), "dev-u").len();
+    let before = logged_values(&gateway, "dev-u").len();
     let _cable = Cable::plug(dir.path());
     let report = report(sim);
     assert!(report["reconnects"].as_u64().unwrap() >= 1, "{report}");
-    let values = logged_values(dir.path(), "dev-u");
+    let values = logged_values(&gateway, "dev-u");
     assert!(values.len() > before, "ingest resumed after the replug");
     assert_exactly_once_in_order(&values, 2000);
 }
@@ -309,7 +257,7 @@ fn an_unplugged_port_is_picked_up_again_when_it_returns() {
 fn a_lines_port_appends_one_record_per_text_line() {
     let dir = tempfile::tempdir().unwrap();
     let cable = Cable::plug(dir.path());
-    let _gateway = Gateway::start(dir.path(), &cable.gateway_end, "lines");
+    let gateway = start_gateway(dir.path(), &cable.gateway_end, "lines");
     let mut tty = std::fs::OpenOptions::new()
         .write(true)
         .open(&cable.device_end)
@@ -318,7 +266,8 @@ fn a_lines_port_appends_one_record_per_text_line() {
         .unwrap();
     tty.flush().unwrap();
     let payloads = || -> Vec<String> {
-        dump(dir.path())
+        gateway
+            .dump()
             .iter()
             .map(|r| r["payload"].as_str().unwrap_or_default().to_string())
             .collect()

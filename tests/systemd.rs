@@ -1,12 +1,18 @@
 //! The systemd unit as systemd's own tools see it, and the notify/watchdog
 //! protocol spoken by the real binary to a real `NOTIFY_SOCKET`.
 
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
+use harness::{Launch, BIN};
 
 fn unit_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/tidewell.service")
@@ -68,22 +74,16 @@ fn ready_and_watchdog_arrive_on_the_notify_socket_and_stopping_on_sigterm() {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let config = dir.path().join("tidewell.toml");
-    let data = dir.path().join("data");
-    std::fs::write(
-        &config,
-        format!("data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n", data.display()),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &socket_path)
+    let data = harness::data_dir(dir.path());
+    let config = format!(
+        "{}[mqtt]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        harness::data_dir_line(dir.path())
+    );
+    // Readiness here is the notify socket's, not the ready line's.
+    let mut gateway = Launch::config(dir.path(), &config)
+        .env("NOTIFY_SOCKET", socket_path.to_str().unwrap())
         .env("WATCHDOG_USEC", "400000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn();
     let mut seen: Vec<String> = Vec::new();
     let receive_until = |what: &str, seen: &mut Vec<String>| {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -104,9 +104,8 @@ fn ready_and_watchdog_arrive_on_the_notify_socket_and_stopping_on_sigterm() {
         "READY=1 comes after the log is open"
     );
     receive_until("WATCHDOG=1", &mut seen);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    gateway.terminate();
     receive_until("STOPPING=1", &mut seen);
-    let status = child.wait().unwrap();
+    let status = gateway.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
 }

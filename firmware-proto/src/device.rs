@@ -144,7 +144,7 @@ impl<const Q: usize> DeviceSession<Q> {
         let seq = u32::try_from(self.next_seq).map_err(|_| PushError::SequenceExhausted {
             boot_epoch: self.config.boot_epoch,
         })?;
-        for reading in readings.iter_mut() {
+        for reading in &mut readings {
             reading.time = self.to_wall_time(reading.time);
         }
         let pending = Pending {

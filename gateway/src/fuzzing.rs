@@ -108,7 +108,7 @@ pub fn segment_recovery(data: &[u8]) {
     check_served(&log);
     let appended = log
         .append(TOPIC, Partition(0), vec![record(RECORDS)])
-        .and_then(|t| t.wait());
+        .and_then(crate::log::AppendTicket::wait);
     if let Ok(done) = appended {
         let got = log.read(TOPIC, Partition(0), done.first, 1 << 16);
         let got = got.expect("a record just appended is readable");

@@ -122,10 +122,11 @@ fn open_reserve() -> Option<File> {
 }
 
 fn out_of_descriptors(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// The soft limit on open descriptors, and how many are open now.
+#[allow(unsafe_code)] // audited: see the SAFETY comment inside
 pub fn descriptors() -> Option<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -144,6 +145,7 @@ pub fn descriptors() -> Option<(u64, u64)> {
 /// effort; the accept loop copes with EMFILE anyway). the gateway calls it
 /// before opening the log, so a log that grew under a raised limit can
 /// be reopened.
+#[allow(unsafe_code)] // audited: see the SAFETY comment inside
 pub fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

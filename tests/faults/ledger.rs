@@ -61,7 +61,7 @@ pub fn encode(device: &str, seq: u64, len: usize) -> Vec<u8> {
     );
     let head = format!("{MAGIC} {device} {seq} ");
     let filler_len = len.saturating_sub(head.len() + 9).max(1);
-    let mut state = crc32c::crc32c(head.as_bytes()) as u64 | 1;
+    let mut state = u64::from(crc32c::crc32c(head.as_bytes())) | 1;
     let mut text = head.into_bytes();
     for _ in 0..filler_len {
         // xorshift64: cheap, deterministic, printable.

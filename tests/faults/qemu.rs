@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ const BUILD_SCRIPT: &str = concat!(
 /// Console markers written by the guest's /init.
 pub const STARTING: &str = "tidewell-init: starting gateway";
 const GAVE_UP: [&str; 2] = ["tidewell-init: FAILED", "tidewell-init: gateway exited"];
-pub const READY: &str = "tidewell: ready";
+pub use super::harness::{run, READY};
 
 /// Whether `program` can be started.
 pub fn have(program: &str) -> bool {
@@ -31,19 +31,6 @@ pub fn have(program: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// Runs `cmd`, panicking with its output unless it exits with one of `ok`.
-pub fn run(cmd: &mut Command, ok: &[i32]) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let code = out.status.code().unwrap_or(-1);
-    assert!(
-        ok.contains(&code),
-        "{cmd:?} exited with {code}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// The VM's files: kernel, initramfs (with the gateway and its config) and

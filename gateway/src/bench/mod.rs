@@ -39,6 +39,7 @@ pub fn wait_ready(child: &mut Child) -> anyhow::Result<SocketAddr> {
     Ok(addr.parse()?)
 }
 
+#[allow(unsafe_code)] // audited: see the SAFETY comment inside
 pub fn stop(child: &mut Child) {
     // SAFETY: kill(2) on our own child's pid.
     unsafe {

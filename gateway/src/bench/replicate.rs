@@ -204,6 +204,7 @@ fn fill(root: &Path, args: &ReplicateBenchArgs) -> anyhow::Result<()> {
 
 /// Runs `tidewell run` on the filled log until every partition's persisted
 /// cursor reaches its end; returns seconds and the process's peak RSS.
+#[allow(unsafe_code)] // audited: see the SAFETY comment inside
 fn drain(
     root: &Path,
     args: &ReplicateBenchArgs,

@@ -135,6 +135,7 @@ fn start_gateway(dir: &Path, port: &Path) -> anyhow::Result<Child> {
 }
 
 /// User plus system CPU time of a process so far.
+#[allow(unsafe_code)] // audited: see the SAFETY comment inside
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let fields: Vec<&str> = stat

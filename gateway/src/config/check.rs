@@ -132,7 +132,10 @@ fn locate(text: &str, key: &str) -> Option<usize> {
         let next: Option<&dyn TableLike> = match index {
             Some(i) => {
                 let element = item.as_array_of_tables().and_then(|a| a.get(i));
-                start = element.and_then(|t| t.span()).map(|s| s.start).or(start);
+                start = element
+                    .and_then(toml_edit::Table::span)
+                    .map(|s| s.start)
+                    .or(start);
                 element.map(|t| t as &dyn TableLike)
             }
             None => item.as_table_like(),
@@ -207,8 +210,8 @@ pub fn covers(a: &str, b: &str) -> bool {
         match (*level, b.get(i).copied()) {
             ("#", _) => return true,
             (_, None) => return false,
-            ("+", Some(other)) if other != "#" => continue,
-            (mine, Some(other)) if mine == other && mine != "#" && mine != "+" => continue,
+            ("+", Some(other)) if other != "#" => {}
+            (mine, Some(other)) if mine == other && mine != "#" && mine != "+" => {}
             _ => return false,
         }
     }

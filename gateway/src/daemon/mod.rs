@@ -177,6 +177,7 @@ pub fn storage() -> Result<Arc<dyn Storage>, String> {
 /// from per-thread heaps that keep them. Pinning the threshold keeps large
 /// blocks in mappings that are returned to the OS when freed, so a burst of
 /// password checks does not stay resident.
+#[allow(unsafe_code)] // audited: see the SAFETY comment inside
 fn return_large_frees_to_the_os() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any

@@ -50,6 +50,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(unsafe_code)] // the environment, in a test that owns NOTIFY_SOCKET
     fn notify_reaches_a_path_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");

@@ -121,7 +121,7 @@ fn put_bytes(target: &mut Value, name: &str, bytes: Option<&[u8]>) {
             Ok(text) => target[name] = json!(text),
             Err(_) => {
                 target[format!("{name}_base64")] =
-                    json!(base64::engine::general_purpose::STANDARD.encode(b))
+                    json!(base64::engine::general_purpose::STANDARD.encode(b));
             }
         },
     }

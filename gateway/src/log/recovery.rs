@@ -225,7 +225,7 @@ pub fn trim_index(
     while let Some(last) = entries.last() {
         match read_batch_from(file, u64::from(last.position), len) {
             Ok(raw) if raw.header.base_offset == base + u64::from(last.relative_offset) => break,
-            Ok(_) | Err(BatchReadError::Short) | Err(BatchReadError::Invalid(_)) => {
+            Ok(_) | Err(BatchReadError::Short | BatchReadError::Invalid(_)) => {
                 entries.pop();
                 dropped = true;
             }

@@ -118,6 +118,7 @@ impl StorageFile for OsFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
+    #[allow(unsafe_code)] // audited: see the SAFETY comment inside
     fn preallocate(&self, len: u64) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let len =
@@ -183,6 +184,7 @@ impl Storage for OsStorage {
     }
 }
 
+#[allow(unsafe_code)] // audited: see the SAFETY comment inside
 fn statvfs_available(path: &Path) -> io::Result<u64> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;

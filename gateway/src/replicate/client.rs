@@ -186,6 +186,7 @@ pub fn producer(
 /// broker had fenced the producer: the fault campaign and the tests use it
 /// (through `TIDEWELL_FAULT_FATAL_AFTER_ACKS`) to exercise the rebuild.
 #[cfg(feature = "test-hooks")]
+#[allow(unsafe_code)] // audited: see the SAFETY comment inside
 pub fn inject_fatal(producer: &Producer) {
     let reason = c"injected by TIDEWELL_FAULT_FATAL_AFTER_ACKS";
     // SAFETY: the handle is live for as long as `producer`, and librdkafka

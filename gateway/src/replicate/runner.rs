@@ -289,7 +289,7 @@ impl Runner {
         }
         match code {
             Some(code) if is_authorization(code) => {
-                self.teardown(UpstreamError::Authorization(message))
+                self.teardown(UpstreamError::Authorization(message));
             }
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
                 if self.upstream.state == UpstreamState::Connected {
@@ -363,13 +363,13 @@ impl Runner {
         match &e {
             UpstreamError::Authorization(_) => self.upstream.authorization_errors += 1,
             UpstreamError::MissingTopic { .. } | UpstreamError::TooFewPartitions { .. } => {
-                self.upstream.missing_topic_errors += 1
+                self.upstream.missing_topic_errors += 1;
             }
             UpstreamError::Delivery { code, .. } if is_authorization(*code) => {
-                self.upstream.authorization_errors += 1
+                self.upstream.authorization_errors += 1;
             }
             UpstreamError::Delivery { code, .. } if is_missing(*code) => {
-                self.upstream.missing_topic_errors += 1
+                self.upstream.missing_topic_errors += 1;
             }
             _ => {}
         }
@@ -397,7 +397,7 @@ impl Runner {
                     {
                         Ok(()) => s.persisted = s.cursor,
                         Err(e) => {
-                            tracing::error!(topic = %s.topic, partition = %s.partition, "persisting the replication cursor: {e}")
+                            tracing::error!(topic = %s.topic, partition = %s.partition, "persisting the replication cursor: {e}");
                         }
                     }
                 }

@@ -84,7 +84,7 @@ mod tests {
     use super::*;
 
     fn acl(publish: &[&str], subscribe: &[&str], id: &str, user: Option<&str>) -> Acl {
-        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let own = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
         Acl::new(&own(publish), &own(subscribe), id, user)
     }
 

@@ -188,9 +188,8 @@ pub enum Out {
 
 /// Appends the encoding of `out` to `buf`.
 pub fn encode(out: Out, version: Version, buf: &mut BytesMut) -> Result<(), CodecError> {
-    let packet = match to_packet(out, version) {
-        Some(packet) => packet,
-        None => return Ok(()),
+    let Some(packet) = to_packet(out, version) else {
+        return Ok(());
     };
     let result = match version {
         Version::V4 => V4.write(packet, buf),

@@ -125,7 +125,7 @@ proptest! {
             let mut buf = BytesMut::from(&bytes[..]);
             for _ in 0..50 {
                 match decode(&mut buf, version, 1 << 16) {
-                    Ok(Some(_)) => continue,
+                    Ok(Some(_)) => {}
                     _ => break,
                 }
             }

@@ -29,6 +29,9 @@
 //!   handful of checks a minute, and valid devices elsewhere keep their
 //!   permits. Devices behind the same address as the attacker wait with it:
 //!   a check that succeeds on that address cannot be told from a lucky guess.
+//!   For the same reason someone who knows a device's client id can delay
+//!   that device's reconnects by failing with its id: the price of slowing
+//!   guesses down without knowing who is guessing.
 //!   Failure records are forgotten after [`FORGET`] without failures and are
 //!   bounded in number.
 

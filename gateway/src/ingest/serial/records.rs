@@ -73,7 +73,7 @@ pub fn to_records(
                 Value::Float(v) => value["float"] = json!(v),
                 Value::Bytes(b) => {
                     value["bytes_base64"] =
-                        json!(base64::engine::general_purpose::STANDARD.encode(b))
+                        json!(base64::engine::general_purpose::STANDARD.encode(b));
                 }
             }
             let timestamp_ms = match reading.time {

@@ -110,7 +110,7 @@ fn check_recovered(disk: &sim::SimDisk, config: &LogConfig, w: &Workload, contex
         .unwrap_or_default();
     let appended = log
         .append("t", Partition(0), vec![Record::default()])
-        .and_then(|t| t.wait());
+        .and_then(AppendTicket::wait);
     assert_eq!(
         appended.map(|a| a.first),
         Ok(end),
@@ -134,7 +134,7 @@ fn crash_run(seed: u64, crash_at: Option<u64>, fail_at: Option<u64>, appends: u6
             if fail_at.is_some() && log.poisoned().is_some() {
                 let again = log
                     .append("t", Partition(0), vec![Record::default()])
-                    .and_then(|t| t.wait());
+                    .and_then(AppendTicket::wait);
                 assert!(
                     matches!(again, Err(AppendError::Poisoned(_))),
                     "a failed write or fsync poisons the log, got {again:?}"

@@ -16,7 +16,7 @@ fn golden_bytes() -> Vec<u8> {
     let hex: String = GOLDEN
         .lines()
         .map(|l| l.split('#').next().unwrap_or(""))
-        .flat_map(|l| l.chars().filter(|c| c.is_ascii_hexdigit()))
+        .flat_map(|l| l.chars().filter(char::is_ascii_hexdigit))
         .collect();
     (0..hex.len())
         .step_by(2)

@@ -17,7 +17,7 @@ fn fill(log: &Log, count: u64) -> Vec<Result<Appended, AppendError>> {
     (0..count)
         .map(|tag| {
             log.append("t", Partition(0), vec![record(&mut rng, tag)])
-                .and_then(|t| t.wait())
+                .and_then(AppendTicket::wait)
         })
         .collect()
 }
