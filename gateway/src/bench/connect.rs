@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -18,7 +18,7 @@ use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{peak_rss_kib, start_mosquitto, status_kib, stop, wait_ready};
+use super::{peak_rss_kib, start_gateway, start_mosquitto, status_kib, stop};
 
 #[derive(Args, Debug)]
 pub struct ConnectBenchArgs {
@@ -213,19 +213,12 @@ fn start_tidewell(root: &Path, name: &str, mqtt: &str) -> anyhow::Result<(Child,
         &config,
         format!("data_dir = {data:?}\n[http]\nenabled = false\n{mqtt}"),
     )?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("TIDEWELL_LOG", "warn")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting tidewell")?;
-    match wait_ready(&mut child) {
-        Ok(addr) => Ok((child, addr)),
-        Err(e) => {
+    let (mut child, addr) = start_gateway(&config)?;
+    match addr {
+        Some(addr) => Ok((child, addr)),
+        None => {
             stop(&mut child);
-            Err(e)
+            bail!("no MQTT address in the ready line")
         }
     }
 }

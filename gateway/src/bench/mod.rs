@@ -17,26 +17,51 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-/// Reads tidewell's stderr up to its `ready` line; keeps draining it after.
-pub fn wait_ready(child: &mut Child) -> anyhow::Result<SocketAddr> {
+/// Starts `tidewell run --config CONFIG` (this binary) and waits, at most
+/// 30 s, for its `ready` line; returns the child and its MQTT address (none
+/// when MQTT is off). Its stderr is drained after that.
+pub fn start_gateway(config: &std::path::Path) -> anyhow::Result<(Child, Option<SocketAddr>)> {
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("TIDEWELL_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting tidewell")?;
+    match wait_ready(&mut child) {
+        Ok(addr) => Ok((child, addr)),
+        Err(e) => {
+            stop(&mut child);
+            Err(e)
+        }
+    }
+}
+
+/// Reads the child's stderr up to its `ready` line (other lines are passed
+/// on); returns the line's `mqtt=` address, if it has one.
+fn wait_ready(child: &mut Child) -> anyhow::Result<Option<SocketAddr>> {
     let stderr = child.stderr.take().context("no stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("tidewell: ready ").and_then(|rest| {
-                rest.split_whitespace()
-                    .find_map(|w| w.strip_prefix("mqtt="))
-            }) {
-                let _ = tx.send(addr.to_string());
-            } else if !line.starts_with("tidewell: ready") {
+            if line.starts_with("tidewell: ready") {
+                let _ = tx.send(line);
+            } else {
                 eprintln!("{line}");
             }
         }
     });
-    let addr = rx
+    let line = rx
         .recv_timeout(Duration::from_secs(30))
         .context("tidewell did not print its ready line")?;
-    Ok(addr.parse()?)
+    let mqtt = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mqtt="))
+        .map(str::parse)
+        .transpose()?;
+    Ok(mqtt)
 }
 
 #[allow(unsafe_code)] // audited: see the SAFETY comment inside

@@ -12,9 +12,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use super::{peak_rss_kib, start_mosquitto, stop, wait_ready};
+use super::{peak_rss_kib, start_gateway, start_mosquitto, stop};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -152,19 +151,14 @@ fn run_tidewell(args: &BenchArgs, root: &Path) -> anyhow::Result<Figures> {
             root.join("data")
         ),
     )?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("TIDEWELL_LOG", "warn")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting tidewell")?;
-    let addr = wait_ready(&mut child);
-    let result = addr.and_then(|addr| load(args, addr)).map(|mut f| {
-        f.peak_rss_kib = peak_rss_kib(child.id());
-        f
-    });
+    let (mut child, addr) = start_gateway(&config)?;
+    let result = addr
+        .context("no MQTT address in the ready line")
+        .and_then(|addr| load(args, addr))
+        .map(|mut f| {
+            f.peak_rss_kib = peak_rss_kib(child.id());
+            f
+        });
     stop(&mut child);
     result
 }

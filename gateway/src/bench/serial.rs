@@ -3,7 +3,6 @@
 //! simulated line rates, against the line's theoretical maximum of
 //! `baud / 10 / 16` sixteen-byte readings a second; and the gateway's CPU.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,21 +116,7 @@ fn start_gateway(dir: &Path, port: &Path) -> anyhow::Result<Child> {
             port.display()
         ),
     )?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().context("gateway stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    while let Some(line) = lines.next().transpose()? {
-        if line.starts_with("tidewell: ready") {
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok(child);
-        }
-    }
-    bail!("the gateway exited before it was ready")
+    Ok(super::start_gateway(&config)?.0)
 }
 
 /// User plus system CPU time of a process so far.
