@@ -37,44 +37,45 @@ fn serial_metrics(w: &mut MetricsWriter, s: &SerialStats) {
         "Serial ports open now.",
         load(&s.ports_open) as f64,
     );
-    w.counter(
-        "tidewell_serial_reconnects_total",
-        "Times a serial port was lost.",
-        load(&s.reconnects),
-    );
-    w.counter(
-        "tidewell_serial_frames_total",
-        "Frames decoded.",
-        load(&s.frames),
-    );
-    w.counter(
-        "tidewell_serial_bad_frames_total",
-        "Damaged frames dropped (CRC, framing).",
-        load(&s.bad_frames),
-    );
-    w.counter(
-        "tidewell_serial_batches_appended_total",
-        "Device batches durably appended and acknowledged.",
-        load(&s.batches_appended),
-    );
-    w.counter(
-        "tidewell_serial_readings_appended_total",
-        "Readings (or text lines) durably appended.",
-        load(&s.readings_appended),
-    );
-    w.counter(
-        "tidewell_serial_duplicate_batches_total",
-        "Retransmitted batches recognised and not appended again.",
-        load(&s.duplicate_batches),
-    );
-    w.counter(
-        "tidewell_serial_append_failures_total",
-        "Appends refused or failed (the device was sent a Nack).",
-        load(&s.append_failures),
-    );
-    w.counter(
-        "tidewell_serial_long_lines_total",
-        "Text lines dropped for exceeding max_line_bytes.",
-        load(&s.long_lines),
-    );
+    let counters = [
+        ("reconnects", "Times a serial port was lost.", &s.reconnects),
+        ("frames", "Frames decoded.", &s.frames),
+        (
+            "bad_frames",
+            "Damaged frames dropped (CRC, framing).",
+            &s.bad_frames,
+        ),
+        (
+            "batches_appended",
+            "Device batches durably appended and acknowledged.",
+            &s.batches_appended,
+        ),
+        (
+            "readings_appended",
+            "Readings (or text lines) durably appended.",
+            &s.readings_appended,
+        ),
+        (
+            "duplicate_batches",
+            "Retransmitted batches recognised and not appended again.",
+            &s.duplicate_batches,
+        ),
+        (
+            "append_failures",
+            "Appends refused or failed (the device was sent a Nack).",
+            &s.append_failures,
+        ),
+        (
+            "long_lines",
+            "Text lines dropped for exceeding max_line_bytes.",
+            &s.long_lines,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        w.counter(
+            &format!("tidewell_serial_{name}_total"),
+            help,
+            load(counter),
+        );
+    }
 }
