@@ -69,3 +69,86 @@ impl Future for Capacity {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+    use std::task::Wake;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::super::tests::{sim_disk, small_config};
+    use super::super::{AppendError, FsyncPolicy, Log, Partition, Record};
+    use super::*;
+
+    /// Counts its wakes and reports each on a channel.
+    struct Flag(AtomicUsize, Mutex<mpsc::Sender<()>>);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let _ = self.1.lock().unwrap().send(());
+        }
+    }
+
+    fn record() -> Record {
+        Record {
+            timestamp_ms: 1,
+            key: None,
+            value: Bytes::from_static(b"reading"),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_overloaded_append_hands_its_records_back_and_the_writer_wakes_the_waiter() {
+        let log = Log::open(Arc::new(sim_disk(7)), small_config(1, FsyncPolicy::Always)).unwrap();
+        let limit = log.shared.config.max_pending_bytes;
+        // A backlog the writer has not taken yet.
+        log.shared.pending_bytes.store(limit + 1, Ordering::SeqCst);
+        let records = vec![record()];
+        let Err((AppendError::Overloaded, back)) =
+            log.try_append("t", Partition(0), records.clone())
+        else {
+            panic!("an append past max_pending_bytes must be refused as Overloaded");
+        };
+        assert_eq!(back, records, "the refused records come back");
+        let (tx, rx) = mpsc::channel();
+        let flag = Arc::new(Flag(AtomicUsize::new(0), Mutex::new(tx)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut room = std::pin::pin!(log.capacity());
+        assert!(room.as_mut().poll(&mut cx).is_pending(), "no room yet");
+        // The backlog drains (without a wake), and the writer takes the next
+        // request: taking it must wake the waiter.
+        log.shared.pending_bytes.store(0, Ordering::SeqCst);
+        log.append("t", Partition(0), vec![record()])
+            .unwrap()
+            .wait()
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the writer woke the waiting source");
+        assert!(room.as_mut().poll(&mut cx).is_ready());
+        assert!(flag.0.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[test]
+    fn a_stopped_writer_releases_every_waiter() {
+        let log = Log::open(Arc::new(sim_disk(8)), small_config(1, FsyncPolicy::Always)).unwrap();
+        let limit = log.shared.config.max_pending_bytes;
+        log.shared.pending_bytes.store(limit + 1, Ordering::SeqCst);
+        let shared = log.shared.clone();
+        let (tx, rx) = mpsc::channel();
+        let flag = Arc::new(Flag(AtomicUsize::new(0), Mutex::new(tx)));
+        let waker = Waker::from(flag);
+        let mut cx = Context::from_waker(&waker);
+        let mut room = std::pin::pin!(Capacity { shared });
+        assert!(room.as_mut().poll(&mut cx).is_pending());
+        log.close();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the stopping writer woke the waiter");
+        assert!(room.as_mut().poll(&mut cx).is_ready());
+    }
+}
