@@ -89,7 +89,10 @@ impl Gateway {
                 shutdown: stop_requested.clone(),
                 registry: &mut registry,
             };
-            running.push(runtime.block_on(source.start(ctx))?);
+            let source_name = source.name();
+            let started = runtime.block_on(source.start(ctx));
+            running.push(started.map_err(|error| SourceError { source_name, error })?);
+            tracing::debug!(source = source_name, "source started");
         }
         if let Some(replicator) = &replicator {
             registry.register(Arc::new(replicator.observer()));

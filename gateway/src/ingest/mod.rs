@@ -64,8 +64,14 @@ pub trait Source: Send {
     fn start<'a>(self: Box<Self>, ctx: Context<'a>) -> Starting<'a>;
 }
 
-pub type Starting<'a> =
-    Pin<Box<dyn Future<Output = Result<Box<dyn Running>, SourceError>> + Send + 'a>>;
+/// The source's own error on failure; the gateway names the source in it.
+pub type Starting<'a> = Pin<
+    Box<
+        dyn Future<Output = Result<Box<dyn Running>, Box<dyn std::error::Error + Send + Sync>>>
+            + Send
+            + 'a,
+    >,
+>;
 
 /// A started source. Dropping it stops intake.
 pub trait Running: Send {

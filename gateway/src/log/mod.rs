@@ -534,6 +534,9 @@ impl Log {
         partition: Partition,
         records: Vec<Record>,
     ) -> Result<AppendTicket, (AppendError, Vec<Record>)> {
+        let Some(tx) = self.tx.as_ref() else {
+            return Err((AppendError::Closed, records));
+        };
         let (topic_log, part, bytes) = match self.check_append(topic, partition, &records) {
             Ok(checked) => checked,
             Err(e) => return Err((e, records)),
@@ -556,10 +559,6 @@ impl Log {
             bytes,
             done,
         };
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| (AppendError::Closed, Vec::new()))?;
         tx.send(Msg::Append(request))
             .map_err(|unsent| match unsent.0 {
                 Msg::Append(request) => (AppendError::Closed, request.records),
@@ -576,9 +575,6 @@ impl Log {
         partition: Partition,
         records: &[Record],
     ) -> Result<(&Arc<TopicLog>, &Arc<PartitionLog>, usize), AppendError> {
-        if self.tx.is_none() {
-            return Err(AppendError::Closed);
-        }
         if let Some(reason) = self.shared.poison_reason() {
             return Err(AppendError::Poisoned(reason));
         }

@@ -90,7 +90,7 @@ pub use config::MqttConfig;
 pub use error::{ConnError, StartError};
 pub use stats::MqttStats;
 
-use crate::ingest::{Context, Running, Shutdown, Source, SourceError, Starting};
+use crate::ingest::{Context, Running, Shutdown, Source, Starting};
 use crate::log::Log;
 use crate::net::{Acceptor, RateLimitedWarning};
 use route::Router;
@@ -185,12 +185,7 @@ impl Source for MqttSource {
 
     fn start<'a>(self: Box<Self>, ctx: Context<'a>) -> Starting<'a> {
         Box::pin(async move {
-            let server = start(&self.0, ctx.log, ctx.shutdown)
-                .await
-                .map_err(|e| SourceError {
-                    source_name: "mqtt",
-                    error: Box::new(e),
-                })?;
+            let server = start(&self.0, ctx.log, ctx.shutdown).await?;
             ctx.registry.register(server.stats.clone());
             Ok(Box::new(server) as Box<dyn Running>)
         })
