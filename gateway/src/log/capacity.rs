@@ -70,6 +70,36 @@ impl Future for Capacity {
     }
 }
 
+/// Resolves once records became readable after the `published` count
+/// `seen` (see [`Log::appended_after`](super::Log::appended_after)).
+pub struct Appended {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) seen: u64,
+}
+
+impl Appended {
+    fn moved(&self) -> bool {
+        self.shared.published.load(Ordering::Acquire) != self.seen
+    }
+}
+
+impl Future for Appended {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.moved() {
+            return Poll::Ready(());
+        }
+        self.shared.appended.register(cx.waker());
+        // Checked again after registering: a publish in between is not lost.
+        if self.moved() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
@@ -150,5 +180,26 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the stopping writer woke the waiter");
         assert!(room.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_reader_waiting_for_new_records_is_woken_when_they_become_readable() {
+        let log = Log::open(Arc::new(sim_disk(9)), small_config(1, FsyncPolicy::Always)).unwrap();
+        let seen = log.published();
+        let (tx, rx) = mpsc::channel();
+        let flag = Arc::new(Flag(AtomicUsize::new(0), Mutex::new(tx)));
+        let waker = Waker::from(flag);
+        let mut cx = Context::from_waker(&waker);
+        let mut appended = std::pin::pin!(log.appended_after(seen));
+        assert!(appended.as_mut().poll(&mut cx).is_pending(), "nothing new yet");
+        log.append("t", Partition(0), vec![record()])
+            .unwrap()
+            .wait()
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the writer woke the reader once the record was readable");
+        assert!(appended.as_mut().poll(&mut cx).is_ready());
+        assert_ne!(log.published(), seen);
+        assert_eq!(log.offsets("t", Partition(0)).unwrap().1 .0, 1);
     }
 }

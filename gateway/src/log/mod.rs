@@ -303,7 +303,7 @@
 //!     one append (`Log::try_append`).
 
 pub mod batch;
-mod capacity;
+pub mod capacity;
 pub mod checkpoint;
 pub mod config;
 pub mod dump;
@@ -378,6 +378,10 @@ pub(crate) struct Shared {
     pub pending_bytes: AtomicU64,
     /// Sources waiting for `pending_bytes` to fall below the limit.
     pub capacity: capacity::Waiters,
+    /// Moves each time records become readable ([`Log::published`]).
+    pub published: AtomicU64,
+    /// Readers waiting for `published` to move.
+    pub appended: capacity::Waiters,
     /// Set when the writer has stopped (appends fail with `Closed`).
     pub writer_stopped: std::sync::atomic::AtomicBool,
     poisoned: Mutex<Option<String>>,
@@ -396,6 +400,8 @@ impl Shared {
             stats: Stats::default(),
             pending_bytes: AtomicU64::new(0),
             capacity: capacity::Waiters::default(),
+            published: AtomicU64::new(0),
+            appended: capacity::Waiters::default(),
             writer_stopped: std::sync::atomic::AtomicBool::new(false),
             poisoned: Mutex::new(None),
         })
@@ -605,6 +611,22 @@ impl Log {
     pub fn capacity(&self) -> Capacity {
         Capacity {
             shared: self.shared.clone(),
+        }
+    }
+
+    /// A count that moves each time records become readable in any
+    /// partition; pass it to [`Log::appended_after`].
+    pub fn published(&self) -> u64 {
+        self.shared.published.load(Ordering::Acquire)
+    }
+
+    /// Resolves once records became readable after [`Log::published`]
+    /// returned `seen`: a reader that found nothing new waits on it instead
+    /// of polling (read `published` first, then the log, then wait).
+    pub fn appended_after(&self, seen: u64) -> capacity::Appended {
+        capacity::Appended {
+            shared: self.shared.clone(),
+            seen,
         }
     }
 

@@ -39,7 +39,7 @@ pub fn sync_and_ack(shared: &Shared, jobs: Vec<Written>) -> Result<std::time::Du
     }
     let took = started.elapsed();
     for job in jobs {
-        publish(&job.part, job.end);
+        publish(shared, &job.part, job.end);
         for (done, appended) in job.acks {
             done.complete(Ok(appended));
         }
@@ -69,10 +69,16 @@ pub fn fail_all(jobs: Vec<Written>, reason: &str) {
     }
 }
 
-/// Lets readers see a partition up to `end`.
-pub fn publish(part: &PartitionLog, end: Offset) {
-    let mut state = part.state_mut();
-    if end > state.visible_end {
+/// Lets readers see a partition up to `end`, and wakes whoever waits for
+/// new records ([`Log::appended_after`](super::Log::appended_after)).
+pub fn publish(shared: &Shared, part: &PartitionLog, end: Offset) {
+    {
+        let mut state = part.state_mut();
+        if end <= state.visible_end {
+            return;
+        }
         state.visible_end = end;
     }
+    shared.published.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    shared.appended.wake_all();
 }

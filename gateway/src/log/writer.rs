@@ -197,7 +197,7 @@ impl Writer {
     /// Makes a written partition visible per its policy and resolves its waiters.
     fn finish(&mut self, policy: FsyncPolicy, w: Written) {
         match policy {
-            FsyncPolicy::Always | FsyncPolicy::Never => publish(&w.part, w.end),
+            FsyncPolicy::Always | FsyncPolicy::Never => publish(&self.shared, &w.part, w.end),
             FsyncPolicy::IntervalMs(ms) => {
                 let key = Arc::as_ptr(&w.part) as usize;
                 let due = Instant::now() + Duration::from_millis(ms);
@@ -432,7 +432,7 @@ impl Writer {
         for key in due {
             if let Some((part, seg, end, _)) = self.dirty.remove(&key) {
                 seg.sync_log()?;
-                publish(&part, end);
+                publish(&self.shared, &part, end);
             }
         }
         Ok(())
@@ -456,7 +456,7 @@ impl Writer {
                         seg.seal()?;
                     }
                     let end = part.state().next_offset;
-                    publish(part, end);
+                    publish(&self.shared, part, end);
                 }
             }
             self.checkpoint_recovery_points(true)
