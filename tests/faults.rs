@@ -278,7 +278,7 @@ fn acknowledged_messages_survive_repeated_sigkills() {
     // One last clean run drains whatever is left.
     let gateway = Gateway::start(dir.path(), &cfg);
     let local_end = || -> u64 {
-        status(&data_dir).map_or(0, |s| {
+        status(&gateway).map_or(0, |s| {
             s["partitions"].as_array().map_or(0, |ps| {
                 ps.iter().map(|p| p["log_end"].as_u64().unwrap_or(0)).sum()
             })
@@ -287,12 +287,12 @@ fn acknowledged_messages_survive_repeated_sigkills() {
     let caught_up = wait_until(Duration::from_secs(300), || {
         broker_panics += usize::from(broker.revive());
         let end = local_end();
-        end > 0 && drained(&data_dir, end)
+        end > 0 && drained(&gateway, end)
     });
     assert!(
         caught_up,
         "replication did not catch up: {:#?}\nbroker:\n{}\ngateway:\n{}",
-        status(&data_dir),
+        status(&gateway),
         broker.log_tail(),
         gateway.stderr_text()
     );

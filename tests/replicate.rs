@@ -92,12 +92,12 @@ fn publish_devices(port: u16, devices: usize, seqs: std::ops::Range<usize>) {
     }
 }
 
-fn wait_drained(gateway: &Gateway, data_dir: &Path, records: u64, timeout: Duration) {
-    let ok = wait_until(timeout, || drained(data_dir, records));
+fn wait_drained(gateway: &Gateway, records: u64, timeout: Duration) {
+    let ok = wait_until(timeout, || drained(gateway, records));
     assert!(
         ok,
         "not drained within {timeout:?}: {:#?}\n{}",
-        status(data_dir),
+        status(gateway),
         gateway.stderr_text()
     );
 }
@@ -126,8 +126,7 @@ fn published_records_arrive_upstream_in_per_key_order_with_headers() {
     let (dir, broker) = setup();
     let gateway = Gateway::start(dir.path(), &config(dir.path(), &broker, "", ""));
     publish_devices(gateway.port(), 4, 0..250);
-    let data_dir = harness::data_dir(dir.path());
-    wait_drained(&gateway, &data_dir, 1000, Duration::from_secs(60));
+    wait_drained(&gateway, 1000, Duration::from_secs(60));
 
     assert_eq!(assert_complete(&broker, 4, 250), 0, "duplicates");
     let records = consume_all(&broker.bootstrap(), REMOTE, PARTITIONS as i32);
@@ -196,27 +195,26 @@ fn broker_outage_loses_nothing_and_duplicates_nothing() {
     let cfg = config(dir.path(), &broker, "", "")
         .replace("message_timeout_ms = 5000", "message_timeout_ms = 60000");
     let gateway = Gateway::start(dir.path(), &cfg);
-    let data_dir = harness::data_dir(dir.path());
     publish_devices(gateway.port(), 4, 0..125);
-    wait_drained(&gateway, &data_dir, 500, Duration::from_secs(60));
+    wait_drained(&gateway, 500, Duration::from_secs(60));
 
     broker.stop();
     publish_devices(gateway.port(), 4, 125..2625);
     let noticed = wait_until(Duration::from_secs(30), || {
-        status(&data_dir).is_some_and(|s| s["upstream"]["state"] != "connected")
+        status(&gateway).is_some_and(|s| s["state"] != "connected")
     });
     assert!(
         noticed,
         "the outage is not in the status: {:#?}",
-        status(&data_dir)
+        status(&gateway)
     );
     assert!(
-        !drained(&data_dir, 10_500),
+        !drained(&gateway, 10_500),
         "backlog while the broker is down"
     );
 
     broker.restart();
-    wait_drained(&gateway, &data_dir, 10_500, Duration::from_secs(120));
+    wait_drained(&gateway, 10_500, Duration::from_secs(120));
     let duplicates = assert_complete(&broker, 4, 2625);
     assert_eq!(duplicates, 0, "duplicates after the outage");
     let python = consume_all_python(dir.path(), &broker.bootstrap(), REMOTE, PARTITIONS as i32);
@@ -230,7 +228,6 @@ fn sigkill_while_draining_adds_no_duplicates() {
     // A capped uplink so the drain takes seconds and the kills land mid-drain.
     let extra = "bandwidth_bytes_per_s = 40000\nmax_in_flight_records = 1000\n";
     let cfg = config(dir.path(), &broker, "", extra);
-    let data_dir = harness::data_dir(dir.path());
     let gateway = Gateway::start(dir.path(), &cfg);
     broker.stop();
     publish_devices(gateway.port(), 4, 0..1000);
@@ -241,15 +238,15 @@ fn sigkill_while_draining_adds_no_duplicates() {
     for round in 0..6 {
         let gateway = Gateway::start(dir.path(), &cfg);
         // Kill once this round has replicated something new.
-        let before = replicated(&data_dir);
-        let moved = wait_until(Duration::from_secs(20), || replicated(&data_dir) > before);
-        if drained(&data_dir, 4000) {
+        let before = replicated(&gateway);
+        let moved = wait_until(Duration::from_secs(20), || replicated(&gateway) > before);
+        if drained(&gateway, 4000) {
             break;
         }
         assert!(
             moved,
             "round {round}: no progress: {:#?}\n{}\nbroker:\n{}",
-            status(&data_dir),
+            status(&gateway),
             gateway.stderr_text(),
             broker.log_tail()
         );
@@ -258,7 +255,7 @@ fn sigkill_while_draining_adds_no_duplicates() {
         kills += 1;
     }
     let gateway = Gateway::start(dir.path(), &cfg);
-    wait_drained(&gateway, &data_dir, 4000, Duration::from_secs(180));
+    wait_drained(&gateway, 4000, Duration::from_secs(180));
     let duplicates = assert_complete(&broker, 4, 1000);
     eprintln!("sigkill test: {kills} kills while draining, {duplicates} duplicates upstream");
     assert!(kills >= 3, "the drain ended before enough kills ({kills})");
@@ -279,13 +276,12 @@ fn the_bandwidth_cap_paces_a_backlog_drain() {
         "",
         &format!("bandwidth_bytes_per_s = {CAP}\n"),
     );
-    let data_dir = harness::data_dir(dir.path());
     let gateway = Gateway::start(dir.path(), &cfg);
     broker.stop();
     publish_devices(gateway.port(), 4, 0..500);
     broker.restart();
     let started = Instant::now();
-    wait_drained(&gateway, &data_dir, 2000, Duration::from_secs(120));
+    wait_drained(&gateway, 2000, Duration::from_secs(120));
     let elapsed = started.elapsed();
 
     assert_eq!(assert_complete(&broker, 4, 500), 0, "duplicates");
@@ -309,9 +305,9 @@ fn the_bandwidth_cap_paces_a_backlog_drain() {
     gateway.stop();
 }
 
-/// Sum of the persisted-or-live replicated offsets in the status file.
-fn replicated(data_dir: &Path) -> u64 {
-    status(data_dir)
+/// Sum of the replicated offsets in the status.
+fn replicated(gateway: &Gateway) -> u64 {
+    status(gateway)
         .and_then(|s| s["partitions"].as_array().cloned())
         .map_or(0, |parts| {
             parts
@@ -326,7 +322,6 @@ fn quota_drops_only_the_oldest_and_replication_reports_the_gap() {
     let (dir, mut broker) = setup();
     let quota = "retention_bytes = 65536\nmax_segment_bytes = 16384\nwhen_full = \"drop_oldest\"\n";
     let gateway = Gateway::start(dir.path(), &config(dir.path(), &broker, quota, ""));
-    let data_dir = harness::data_dir(dir.path());
     broker.stop();
     publish(gateway.port(), "d0", 0..3000);
     let dropped = |s: &serde_json::Value| -> u64 {
@@ -337,13 +332,13 @@ fn quota_drops_only_the_oldest_and_replication_reports_the_gap() {
         })
     };
     let recorded = wait_until(Duration::from_secs(30), || {
-        status(&data_dir).is_some_and(|s| dropped(&s) > 0)
+        status(&gateway).is_some_and(|s| dropped(&s) > 0)
     });
-    assert!(recorded, "no drop recorded: {:#?}", status(&data_dir));
+    assert!(recorded, "no drop recorded: {:#?}", status(&gateway));
 
     broker.restart();
-    wait_drained(&gateway, &data_dir, 3000, Duration::from_secs(120));
-    let s = status(&data_dir).unwrap();
+    wait_drained(&gateway, 3000, Duration::from_secs(120));
+    let s = status(&gateway).unwrap();
     let dropped = dropped(&s);
     let part = s["partitions"]
         .as_array()
@@ -396,12 +391,11 @@ fn fatal_producer_errors_recreate_the_producer_and_skip_nothing() {
         .replace("backoff_initial_ms = 100", "backoff_initial_ms = 1000");
     let env = [("TIDEWELL_FAULT_FATAL_AFTER_ACKS", "300")];
     let gateway = Launch::config(dir.path(), &cfg).envs(&env).start();
-    let data_dir = harness::data_dir(dir.path());
     publish_devices(gateway.port(), 4, 0..1000);
-    wait_drained(&gateway, &data_dir, 4000, Duration::from_secs(120));
+    wait_drained(&gateway, 4000, Duration::from_secs(120));
 
-    let s = status(&data_dir).unwrap();
-    let sessions = s["upstream"]["sessions"].as_u64().unwrap();
+    let s = status(&gateway).unwrap();
+    let sessions = s["sessions"].as_u64().unwrap();
     assert!(
         sessions >= 3,
         "producer recreated: {s:#?}\n{}",
@@ -427,17 +421,16 @@ fn a_missing_remote_topic_is_reported_and_retried_until_created() {
     std::fs::create_dir_all(&broker_dir).unwrap();
     let broker = Broker::start(&broker_dir);
     let gateway = Gateway::start(dir.path(), &config(dir.path(), &broker, "", ""));
-    let data_dir = harness::data_dir(dir.path());
     publish_devices(gateway.port(), 2, 0..100);
 
-    let missing = |s: &serde_json::Value| s["upstream"]["missing_topic_errors"].as_u64();
+    let missing = |s: &serde_json::Value| s["missing_topic_errors"].as_u64();
     let reported = wait_until(Duration::from_secs(30), || {
-        status(&data_dir).is_some_and(|s| missing(&s) >= Some(2))
+        status(&gateway).is_some_and(|s| missing(&s) >= Some(2))
     });
-    let s = status(&data_dir).unwrap();
+    let s = status(&gateway).unwrap();
     assert!(reported, "retried and counted: {s:#?}");
-    assert_eq!(s["upstream"]["state"], "backing_off");
-    let error = s["upstream"]["last_error"].as_str().unwrap();
+    assert_eq!(s["state"], "backing_off");
+    let error = s["last_error"].as_str().unwrap();
     assert!(
         error.contains(REMOTE) && error.contains("does not exist"),
         "{error}"
@@ -445,10 +438,10 @@ fn a_missing_remote_topic_is_reported_and_retried_until_created() {
     assert!(gateway.stderr_contains("ERROR"), "logged as an error");
     let counted = gateway.metric("tidewell_upstream_missing_topic_errors_total");
     assert!(counted >= 2.0, "metric: {counted}");
-    assert!(!drained(&data_dir, 200), "nothing replicated yet");
+    assert!(!drained(&gateway, 200), "nothing replicated yet");
 
     broker.create_topic(REMOTE, PARTITIONS);
-    wait_drained(&gateway, &data_dir, 200, Duration::from_secs(60));
+    wait_drained(&gateway, 200, Duration::from_secs(60));
     assert_eq!(assert_complete(&broker, 2, 100), 0, "duplicates");
     gateway.stop();
 }
@@ -476,26 +469,25 @@ fn scram_over_tls_reports_a_wrong_password_and_recovers_when_corrected() {
     let cfg = config(dir.path(), &broker, "", &security)
         .replace(&broker.bootstrap(), &format!("127.0.0.1:{tls_port}"));
     let gateway = Gateway::start(dir.path(), &cfg);
-    let data_dir = harness::data_dir(dir.path());
     publish_devices(gateway.port(), 2, 0..100);
 
     let refused = wait_until(Duration::from_secs(60), || {
-        status(&data_dir).is_some_and(|s| s["upstream"]["authorization_errors"].as_u64() >= Some(1))
+        status(&gateway).is_some_and(|s| s["authorization_errors"].as_u64() >= Some(1))
     });
-    let s = status(&data_dir).unwrap();
+    let s = status(&gateway).unwrap();
     assert!(
         refused,
         "authorization error counted: {s:#?}\n{}",
         gateway.stderr_text()
     );
     assert!(
-        !drained(&data_dir, 200),
+        !drained(&gateway, 200),
         "nothing replicated with a wrong password"
     );
     assert!(gateway.stderr_contains("not authorized"), "logged");
 
     std::fs::write(p("password"), "s3cret\n").unwrap();
-    wait_drained(&gateway, &data_dir, 200, Duration::from_secs(60));
+    wait_drained(&gateway, 200, Duration::from_secs(60));
     let ca = p("ca.pem").to_str().unwrap().to_string();
     let records = consume_all_with(
         &format!("127.0.0.1:{tls_port}"),

@@ -198,38 +198,35 @@ fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself()
     let config = netns_config(dir.path(), &broker, SHORT_TIMEOUTS);
     let config_path = dir.path().join("tidewell.toml");
     std::fs::write(&config_path, config).unwrap();
-    let data_dir = harness::data_dir(dir.path());
     let gateway = start_gateway(&ns, dir.path(), &config_path);
     let port = gateway.port();
 
     publish(&ns, port, "d0", 0..500);
     assert!(
-        wait_until(Duration::from_secs(60), || drained(&data_dir, 500)),
+        wait_until(Duration::from_secs(60), || drained(&gateway, 500)),
         "first drain: {:#?}",
-        status(&data_dir)
+        status(&gateway)
     );
 
     ns.link(false);
     publish(&ns, port, "d0", 500..2500);
     // Past the request timeout, with the link still down, the uplink is reported dead.
     let noticed = wait_until(Duration::from_secs(30), || {
-        status(&data_dir).is_some_and(|s| {
-            s["upstream"]["state"] != "connected" && s["upstream"]["last_error"].is_string()
-        })
+        status(&gateway).is_some_and(|s| s["state"] != "connected" && s["last_error"].is_string())
     });
     assert!(
         noticed,
         "dead link not noticed: {:#?}\n{}",
-        status(&data_dir),
+        status(&gateway),
         gateway.stderr_text()
     );
     ns.link(true);
 
-    let resumed = wait_until(Duration::from_secs(90), || drained(&data_dir, 2500));
+    let resumed = wait_until(Duration::from_secs(90), || drained(&gateway, 2500));
     assert!(
         resumed,
         "no resume: {:#?}\n{}",
-        status(&data_dir),
+        status(&gateway),
         gateway.stderr_text()
     );
     let records = consume_all(&broker.bootstrap(), REMOTE, 1);
@@ -258,18 +255,17 @@ fn a_slow_uplink_drains_everything_in_order() {
     // Kafka's own default, and leaves room on a loaded machine.
     let timeouts = "request_timeout_ms = 30000\nmessage_timeout_ms = 300000";
     std::fs::write(&config_path, netns_config(dir.path(), &broker, timeouts)).unwrap();
-    let data_dir = harness::data_dir(dir.path());
     ns.throttle("32kbit");
     let gateway = start_gateway(&ns, dir.path(), &config_path);
     let port = gateway.port();
     let started = std::time::Instant::now();
     publish(&ns, port, "d0", 0..2000);
     let ingest = started.elapsed();
-    let drained_in = wait_until(Duration::from_secs(180), || drained(&data_dir, 2000));
+    let drained_in = wait_until(Duration::from_secs(180), || drained(&gateway, 2000));
     assert!(
         drained_in,
         "not drained over the slow link: {:#?}\n{}",
-        status(&data_dir),
+        status(&gateway),
         gateway.stderr_text()
     );
     eprintln!(

@@ -457,9 +457,24 @@ impl Gateway {
         super::request(&self.http_text(), method, path)
     }
 
-    /// The body of a 200 answer to `GET path`, or what went wrong.
+    /// The body of a 200 answer to `GET path`, or what went wrong. A
+    /// gateway started [`Launch::inside`] a namespace is asked from there.
     pub fn get(&self, path: &str) -> Result<String, String> {
-        super::get(&self.http_text(), path)
+        if self.launch.prefix.is_empty() {
+            return super::get(&self.http_text(), path);
+        }
+        let url = format!("http://{}{path}", self.http_text());
+        let fetch = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())";
+        let out = Command::new(&self.launch.prefix[0])
+            .args(&self.launch.prefix[1..])
+            .args(["python3", "-c", fetch, &url])
+            .output()
+            .map_err(|e| format!("{url}: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!("{url}: {}", String::from_utf8_lossy(&out.stderr)))
+        }
     }
 
     /// The sum of the `/metrics` samples whose line starts with `name`

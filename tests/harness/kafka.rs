@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::Gateway;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
@@ -200,16 +202,20 @@ pub fn consume_all_python(
     records
 }
 
-/// The running gateway's replication status file, once written.
-pub fn status(data_dir: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read(data_dir.join("replicate.status.json")).ok()?;
-    serde_json::from_slice(&text).ok()
+/// The running gateway's replication status (the `upstream` section of
+/// `/status`), once the replicator published one.
+pub fn status(gateway: &Gateway) -> Option<serde_json::Value> {
+    let body = gateway.get("/status").ok()?;
+    let all: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let upstream = all.get("upstream")?;
+    upstream.get("partitions")?;
+    Some(upstream.clone())
 }
 
 /// Whether every partition in the status is replicated up to its log end
 /// and the log holds at least `min_records` in total.
-pub fn drained(data_dir: &Path, min_records: u64) -> bool {
-    let Some(s) = status(data_dir) else {
+pub fn drained(gateway: &Gateway, min_records: u64) -> bool {
+    let Some(s) = status(gateway) else {
         return false;
     };
     let parts = s["partitions"].as_array().cloned().unwrap_or_default();

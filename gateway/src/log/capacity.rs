@@ -191,7 +191,10 @@ mod tests {
         let waker = Waker::from(flag);
         let mut cx = Context::from_waker(&waker);
         let mut appended = std::pin::pin!(log.appended_after(seen));
-        assert!(appended.as_mut().poll(&mut cx).is_pending(), "nothing new yet");
+        assert!(
+            appended.as_mut().poll(&mut cx).is_pending(),
+            "nothing new yet"
+        );
         log.append("t", Partition(0), vec![record()])
             .unwrap()
             .wait()

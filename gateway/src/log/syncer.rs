@@ -79,6 +79,8 @@ pub fn publish(shared: &Shared, part: &PartitionLog, end: Offset) {
         }
         state.visible_end = end;
     }
-    shared.published.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    shared
+        .published
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     shared.appended.wake_all();
 }

@@ -2,13 +2,17 @@
 //! remote tails, and the callbacks that turn librdkafka's events into
 //! [`Event`]s for the replicator thread.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, ProducerContext};
 use rdkafka::ClientContext;
 
 use super::config::{SaslMechanism, SecurityProtocol, UpstreamConfig};
@@ -37,6 +41,8 @@ pub enum Event {
         code: Option<RDKafkaErrorCode>,
         message: String,
     },
+    /// New records are readable in the log.
+    Appended,
     Stop,
 }
 
@@ -68,7 +74,62 @@ impl ProducerContext for Context {
     }
 }
 
-pub type Producer = ThreadedProducer<Context>;
+/// How long the event thread blocks in librdkafka per round: it is woken
+/// at once by every event, so this only bounds how long a stop waits. It
+/// matches librdkafka's own timer granularity (its threads wake about once
+/// a second when idle), so it adds no wakeups of its own that matter.
+const EVENT_POLL: Duration = Duration::from_secs(1);
+
+/// The idempotent producer and the thread that serves its events (delivery
+/// reports, errors) as they arrive. rdkafka's `ThreadedProducer` does the
+/// same but wakes every 100 ms when idle.
+pub struct Producer {
+    inner: Arc<BaseProducer<Context>>,
+    stop: Arc<AtomicBool>,
+    events: Option<JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Producer {
+    type Target = BaseProducer<Context>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl Producer {
+    fn start(inner: BaseProducer<Context>) -> Result<Producer, UpstreamError> {
+        let inner = Arc::new(inner);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (inner.clone(), stop.clone());
+        let events = std::thread::Builder::new()
+            .name("replicate-events".into())
+            .spawn(move || {
+                while !s.load(Ordering::Acquire) {
+                    p.poll(EVENT_POLL);
+                }
+            })
+            .map_err(|e| {
+                UpstreamError::Client(format!("starting the producer's event thread: {e}"))
+            })?;
+        Ok(Producer {
+            inner,
+            stop,
+            events: Some(events),
+        })
+    }
+}
+
+impl Drop for Producer {
+    /// Stops the event thread, then drops the producer: librdkafka purges
+    /// what it still holds and reports it (to a stale session).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(events) = self.events.take() {
+            let _ = events.join();
+        }
+    }
+}
 
 /// Settings both clients share: servers, TLS, SASL, timeouts.
 fn common(config: &UpstreamConfig, gateway_id: &str) -> Result<ClientConfig, UpstreamError> {
@@ -178,8 +239,10 @@ pub fn producer(
     for (key, value) in &config.librdkafka {
         c.set(key, value);
     }
-    c.create_with_context(Context { tx, session })
-        .map_err(|e| UpstreamError::Client(e.to_string()))
+    let inner = c
+        .create_with_context(Context { tx, session })
+        .map_err(|e| UpstreamError::Client(e.to_string()))?;
+    Producer::start(inner)
 }
 
 /// Raises a fatal idempotent-producer error inside librdkafka, as if the
@@ -193,7 +256,7 @@ pub fn inject_fatal(producer: &Producer) {
     // copies the reason string before returning.
     unsafe {
         rdkafka::bindings::rd_kafka_test_fatal_error(
-            rdkafka::producer::Producer::client(producer).native_ptr(),
+            rdkafka::producer::Producer::client(&**producer).native_ptr(),
             rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID,
             reason.as_ptr(),
         );

@@ -6,10 +6,15 @@
 //! One thread (`replicate`) owns every stream (one per mirrored local
 //! partition) and one librdkafka idempotent producer (`acks=all`,
 //! `enable.idempotence=true`). librdkafka's own thread reports each
-//! delivery through a channel; the replicator thread waits on that channel
-//! (20 ms when it has nothing to send), so it neither busy-polls the log nor
-//! needs anything from it but [`Log::read`], [`Log::offsets`] and
-//! [`Log::set_replicated`].
+//! delivery through a channel, and so does the log when new records become
+//! readable ([`Log::appended_after`]); the replicator thread sleeps on that
+//! channel, so it neither polls the log nor wakes on a timer when there is
+//! nothing to do (only for what is due: a session retry, a checkpoint of
+//! moved cursors, a status refresh after a change, a capped backlog). It
+//! needs nothing from the log but [`Log::read`], [`Log::offsets`],
+//! [`Log::appended_after`] and [`Log::set_replicated`]. The status lives in
+//! memory and is served on `/status` (and so by `tidewell status`); nothing
+//! is written to the SD card on a timer.
 //!
 //! ```text
 //!  log ──read──► stream (per local partition) ──send──► librdkafka ──► cluster
@@ -156,6 +161,7 @@ impl Replicator {
         gateway_id: &str,
     ) -> Result<Replicator, UpstreamError> {
         let streams = streams(&log, &config, gateway_id)?;
+        status::remove_old_file(log.dir());
         if streams.is_empty() {
             return Err(UpstreamError::Config("no local topic to mirror".into()));
         }
@@ -187,6 +193,8 @@ impl Replicator {
             #[cfg(feature = "test-hooks")]
             fatal_after_acks: fault_fatal_after_acks(),
             session_acks: 0,
+            status_dirty: true,
+            appended: std::task::Waker::from(Arc::new(runner::AppendedWaker(tx.clone()))),
             config,
         };
         let thread = std::thread::Builder::new()
@@ -201,7 +209,7 @@ impl Replicator {
         })
     }
 
-    /// The latest status (refreshed every second), once there is one.
+    /// The latest status (refreshed at most once a second, after a change).
     pub fn status(&self) -> Option<Status> {
         self.status
             .lock()

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::status::{Status, UpstreamState};
 use crate::observe::MetricsWriter as Writer;
 
-/// Reads the replicator's latest status (refreshed every second).
+/// Reads the replicator's latest status (refreshed at most once a second, after a change).
 pub struct Observer {
     pub(super) status: Arc<Mutex<Option<Status>>>,
 }

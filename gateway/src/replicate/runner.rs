@@ -13,14 +13,17 @@ use super::client::{self, Event, Producer};
 use super::config::{Partitioning, Priority, UpstreamConfig};
 use super::error::{is_authorization, is_missing, UpstreamError};
 use super::send::{fill_stream, Bucket, Window};
-use super::status::{self, PartitionStatus, Status, UpstreamState, UpstreamStatus};
+use super::status::{PartitionStatus, Status, UpstreamState, UpstreamStatus};
 use super::stream::Stream;
 use super::tail;
 use crate::log::{now_ms, Backlog, Log, Offset};
 
-/// How long the thread waits for acknowledgements when it has nothing to send.
-const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// The status is refreshed at most this often, and only when something changed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// While the bandwidth cap holds a backlog back: how often it is looked at.
+const CAPPED_WAIT: Duration = Duration::from_millis(20);
+/// At a clean stop: how often in-flight acknowledgements are looked for.
+const DRAIN_WAIT: Duration = Duration::from_millis(20);
 /// At a clean stop, how long in-flight records may take to be acknowledged.
 const STOP_DRAIN: Duration = Duration::from_secs(5);
 /// Events handled per wake-up before the thread looks at the log again.
@@ -52,26 +55,78 @@ pub struct Runner {
     #[cfg(feature = "test-hooks")]
     pub fatal_after_acks: Option<u64>,
     pub session_acks: u64,
+    /// Something the status shows changed since it was last published.
+    pub status_dirty: bool,
+    /// Wakes this thread (through `tx`) when new records become readable.
+    pub appended: std::task::Waker,
+}
+
+/// Turns "new records are readable" into an [`Event::Appended`].
+pub struct AppendedWaker(pub Sender<Event>);
+
+impl std::task::Wake for AppendedWaker {
+    fn wake(self: Arc<Self>) {
+        let _ = self.0.send(Event::Appended);
+    }
 }
 
 impl Runner {
+    /// The loop: send what there is, then sleep until an event (a
+    /// delivery report, an error, new records in the log, a stop) or the
+    /// next thing that is due. Idle, it does not wake at all.
     pub fn run(mut self) {
         while !self.stop.load(Ordering::Acquire) {
-            if self.producer.is_none() && !self.try_connect() {
-                let wait = self.retry_at.saturating_duration_since(Instant::now());
-                self.wait_events(wait.min(Duration::from_millis(200)));
-                self.housekeeping(false);
-                continue;
-            }
-            let progressed = self.fill();
-            self.wait_events(if progressed {
-                Duration::ZERO
+            // Read before the log is: records published after it wake the wait.
+            let seen = self.log.published();
+            let progressed = (self.producer.is_some() || self.try_connect()) && self.fill();
+            if progressed {
+                self.status_dirty = true;
+                self.wait_events(Some(Duration::ZERO));
             } else {
-                IDLE_WAIT
-            });
+                self.wait_idle(seen);
+            }
             self.housekeeping(false);
         }
         self.shutdown();
+    }
+
+    /// Waits for an event, for records published after `seen` (when a
+    /// session could send them), or for what is due next.
+    fn wait_idle(&mut self, seen: u64) {
+        if self.producer.is_some() {
+            let mut cx = std::task::Context::from_waker(&self.appended);
+            let mut appended = std::pin::pin!(self.log.appended_after(seen));
+            if std::future::Future::poll(appended.as_mut(), &mut cx).is_ready() {
+                self.wait_events(Some(Duration::ZERO));
+                return;
+            }
+        }
+        self.wait_events(self.next_due());
+    }
+
+    /// How long until something is due without an event: the next session
+    /// attempt, a checkpoint of moved cursors, a status refresh, tokens for
+    /// a capped backlog. None: nothing is.
+    fn next_due(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut due: Vec<Instant> = Vec::new();
+        if self.producer.is_none() {
+            due.push(self.retry_at);
+        }
+        if self.streams.iter().any(|s| s.cursor > s.persisted) {
+            due.push(
+                self.last_checkpoint + Duration::from_millis(self.config.checkpoint_interval_ms),
+            );
+        }
+        if self.status_dirty {
+            due.push(self.last_status + STATUS_INTERVAL);
+        }
+        if self.bucket.is_some() && self.streams.iter().any(|s| !s.caught_up) {
+            due.push(now + CAPPED_WAIT);
+        }
+        due.into_iter()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
     }
 
     fn try_connect(&mut self) -> bool {
@@ -197,11 +252,12 @@ impl Runner {
         order
     }
 
-    fn wait_events(&mut self, timeout: Duration) {
-        let first = if timeout.is_zero() {
-            self.rx.try_recv().ok()
-        } else {
-            self.rx.recv_timeout(timeout).ok()
+    /// Handles the events that arrive within `timeout` (None: waits for one).
+    fn wait_events(&mut self, timeout: Option<Duration>) {
+        let first = match timeout {
+            Some(t) if t.is_zero() => self.rx.try_recv().ok(),
+            Some(t) => self.rx.recv_timeout(t).ok(),
+            None => self.rx.recv().ok(),
         };
         let Some(first) = first else {
             return;
@@ -216,8 +272,10 @@ impl Runner {
     }
 
     fn handle(&mut self, event: Event) {
+        self.status_dirty = true;
         match event {
             Event::Stop => self.stop.store(true, Ordering::Release),
+            Event::Appended => {}
             Event::Delivered { token, error } => self.delivered(&token, error),
             Event::Client {
                 session,
@@ -403,8 +461,9 @@ impl Runner {
                 }
             }
         }
-        if force || self.last_status.elapsed() >= STATUS_INTERVAL {
+        if force || (self.status_dirty && self.last_status.elapsed() >= STATUS_INTERVAL) {
             self.last_status = Instant::now();
+            self.status_dirty = false;
             self.publish_status();
         }
     }
@@ -421,9 +480,6 @@ impl Runner {
                 .map(|s| partition_status(&self.log, s))
                 .collect(),
         };
-        if let Err(e) = status::write(self.log.dir(), &status) {
-            tracing::debug!("writing the replication status: {e}");
-        }
         *self
             .shared_status
             .lock()
@@ -439,7 +495,7 @@ impl Runner {
             && self.streams.iter().any(|s| s.in_flight_records() > 0)
             && Instant::now() < deadline
         {
-            self.wait_events(IDLE_WAIT);
+            self.wait_events(Some(DRAIN_WAIT));
         }
         self.housekeeping(true);
         self.producer = None;

@@ -1,15 +1,15 @@
 //! What operators see: per partition how far replication is, and the state
-//! of the uplink. The running replicator writes it to
-//! `DATA_DIR/replicate.status.json` every second (temp file + rename, so a
-//! reader never sees half of it); `tidewell status` reads that file.
+//! of the uplink. It lives in memory and is served on `/status` (which
+//! `tidewell status` reads).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::stream::StreamCounters;
 
-pub const STATUS_FILE: &str = "replicate.status.json";
+/// Where releases before 0.2 rewrote the status every second.
+const OLD_STATUS_FILE: &str = "replicate.status.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,20 +103,8 @@ pub struct Status {
     pub partitions: Vec<PartitionStatus>,
 }
 
-pub fn status_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(STATUS_FILE)
-}
-
-/// Writes the status file (best effort: it is advisory, never fsynced).
-pub fn write(data_dir: &Path, status: &Status) -> std::io::Result<()> {
-    let path = status_path(data_dir);
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)
-}
-
-pub fn read(data_dir: &Path) -> std::io::Result<Status> {
-    let text = std::fs::read(status_path(data_dir))?;
-    serde_json::from_slice(&text).map_err(std::io::Error::other)
+/// Removes the status file older releases left in the data directory, so
+/// nobody reads a stale one.
+pub fn remove_old_file(data_dir: &Path) {
+    let _ = std::fs::remove_file(data_dir.join(OLD_STATUS_FILE));
 }
