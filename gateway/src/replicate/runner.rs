@@ -15,13 +15,17 @@ use super::error::{is_authorization, is_missing, UpstreamError};
 use super::send::{fill_stream, Bucket, Window};
 use super::status::{PartitionStatus, Status, UpstreamState, UpstreamStatus};
 use super::stream::Stream;
-use super::tail;
+use super::{reset, tail};
 use crate::log::{now_ms, Backlog, Log, Offset};
 
 /// The status is refreshed at most this often, and only when something changed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// While the bandwidth cap holds a backlog back: how often it is looked at.
 const CAPPED_WAIT: Duration = Duration::from_millis(20);
+/// While sending: how often new broker connections are made to reset on close.
+const RESET_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a new session looks whether the failed one is destroyed.
+const REAP_WAIT: Duration = Duration::from_millis(50);
 /// At a clean stop: how often in-flight acknowledgements are looked for.
 const DRAIN_WAIT: Duration = Duration::from_millis(20);
 /// At a clean stop, how long in-flight records may take to be acknowledged.
@@ -55,6 +59,14 @@ pub struct Runner {
     #[cfg(feature = "test-hooks")]
     pub fatal_after_acks: Option<u64>,
     pub session_acks: u64,
+    /// The addresses of this cluster's brokers (bootstrap and metadata):
+    /// the connections to reset when a session fails (see `reset`).
+    pub brokers: std::collections::HashSet<std::net::SocketAddr>,
+    /// When `arm_resets` looks for new broker connections next.
+    pub next_reset_scan: Instant,
+    /// Failed sessions' clients being destroyed; the next session reads the
+    /// remote tails only once they are gone.
+    pub reaping: Vec<std::thread::JoinHandle<()>>,
     /// Something the status shows changed since it was last published.
     pub status_dirty: bool,
     /// Wakes this thread (through `tx`) when new records become readable.
@@ -81,6 +93,7 @@ impl Runner {
             let progressed = (self.producer.is_some() || self.try_connect()) && self.fill();
             if progressed {
                 self.status_dirty = true;
+                self.arm_resets();
                 self.wait_events(Some(Duration::ZERO));
             } else {
                 self.wait_idle(seen);
@@ -133,6 +146,9 @@ impl Runner {
         if Instant::now() < self.retry_at {
             return false;
         }
+        if !self.failed_sessions_gone() {
+            return false;
+        }
         self.session += 1;
         self.upstream.set(UpstreamState::Connecting, now_ms());
         match self.connect() {
@@ -151,6 +167,33 @@ impl Runner {
         }
     }
 
+    /// While records are in flight, at most once a second: makes the
+    /// session's broker connections reset on close (see `reset`), so that
+    /// one librdkafka closes itself (a request timeout on a cut link) drops
+    /// its unsent requests instead of leaving them to the kernel. A
+    /// connection younger than this has carried at most a second of
+    /// requests when it is closed.
+    fn arm_resets(&mut self) {
+        let now = Instant::now();
+        if now < self.next_reset_scan {
+            return;
+        }
+        self.next_reset_scan = now + RESET_SCAN_INTERVAL;
+        reset::reset_on_close(&self.brokers);
+    }
+
+    /// Whether every client of a failed session has been destroyed (its
+    /// connections reset, see `reset`). Until then no tail is read: a
+    /// request of the failed session could still be on its way.
+    fn failed_sessions_gone(&mut self) -> bool {
+        self.reaping.retain(|r| !r.is_finished());
+        if self.reaping.is_empty() {
+            return true;
+        }
+        self.retry_at = Instant::now() + REAP_WAIT;
+        false
+    }
+
     /// A new producer, once the remote partition counts and what the
     /// remote tails already hold are known.
     fn connect(&mut self) -> Result<Producer, UpstreamError> {
@@ -163,7 +206,8 @@ impl Runner {
         match self.prepare(&producer) {
             Ok(()) => Ok(producer),
             Err(e) => {
-                reap(producer);
+                reset::reset_on_close(&self.brokers);
+                self.reaping.extend(reap(producer));
                 Err(e)
             }
         }
@@ -184,7 +228,7 @@ impl Runner {
         remotes.sort();
         remotes.dedup();
         for remote in &remotes {
-            let count = remote_partitions(producer, remote, timeout)?;
+            let count = remote_partitions(producer, remote, timeout, &mut self.brokers)?;
             let read = tail_requests(&mut self.streams, remote, count)?;
             let depth = self.config.dedupe_tail_records;
             let found =
@@ -365,7 +409,9 @@ impl Runner {
     fn teardown(&mut self, e: UpstreamError) {
         let e = self.explain_fatal(e);
         if let Some(producer) = self.producer.take() {
-            reap(producer);
+            let reset = reset::reset_on_close(&self.brokers);
+            tracing::debug!("{reset} broker connection(s) of the failed session reset on close");
+            self.reaping.extend(reap(producer));
         }
         // Every later report of the ended session is stale: one failure
         // ends a session once.
@@ -509,12 +555,23 @@ impl Runner {
 /// and the replicator must keep serving the log and the status meanwhile.
 /// Its last delivery reports still arrive: late acknowledgements count (as
 /// "upstream"), failures of an ended session are ignored.
-fn reap<T: Send + 'static>(client: T) {
+fn reap<T: Send + 'static>(client: T) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new()
         .name("replicate-reap".into())
-        .spawn(move || drop(client));
-    if let Err(e) = spawned {
-        tracing::warn!("no thread to drop an old Kafka client ({e}); it is leaked");
+        .spawn(move || {
+            let started = Instant::now();
+            drop(client);
+            tracing::debug!(
+                "an ended session's Kafka client destroyed in {:?}",
+                started.elapsed()
+            );
+        });
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!("no thread to drop an old Kafka client ({e}); it is leaked");
+            None
+        }
     }
 }
 
@@ -524,7 +581,8 @@ struct Reaped(Option<rdkafka::consumer::BaseConsumer>);
 impl Drop for Reaped {
     fn drop(&mut self) {
         if let Some(consumer) = self.0.take() {
-            reap(consumer);
+            // Only reads tails: nothing of it needs to be gone first.
+            let _ = reap(consumer);
         }
     }
 }
@@ -566,10 +624,13 @@ fn tail_requests(
     Ok(requests.into_values().collect())
 }
 
+/// The partition count of `topic`; adds the brokers the metadata names to
+/// `brokers`.
 fn remote_partitions(
     producer: &Producer,
     topic: &str,
     timeout: Duration,
+    brokers: &mut std::collections::HashSet<std::net::SocketAddr>,
 ) -> Result<usize, UpstreamError> {
     let metadata = producer
         .client()
@@ -578,6 +639,9 @@ fn remote_partitions(
             topic: topic.to_string(),
             message: e.to_string(),
         })?;
+    for b in metadata.brokers() {
+        brokers.extend(reset::broker_addrs(b.host(), b.port()));
+    }
     let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Err(UpstreamError::MissingTopic {
             topic: topic.to_string(),
