@@ -29,6 +29,17 @@ const PARTITIONS: u32 = 2;
 /// `gw-test.ingest` with the same partition numbers; short timeouts so
 /// outages are noticed fast. `extra` is appended to `[upstream]`.
 fn config(dir: &Path, broker: &Broker, topic_extra: &str, extra: &str) -> String {
+    config_mirror(dir, broker, topic_extra, extra, "")
+}
+
+/// As [`config`], with `mirror_extra` appended to the mirror rule.
+fn config_mirror(
+    dir: &Path,
+    broker: &Broker,
+    topic_extra: &str,
+    extra: &str,
+    mirror_extra: &str,
+) -> String {
     format!(
         r#"{data_dir}
 gateway_id = "{GATEWAY_ID}"
@@ -64,6 +75,7 @@ checkpoint_interval_ms = 200
 local = "ingest"
 remote = "{{gateway_id}}.{{topic}}"
 partitioning = "same"
+{mirror_extra}
 "#,
         data_dir = harness::data_dir_line(dir),
         bootstrap = broker.bootstrap(),
@@ -508,4 +520,164 @@ fn scram_over_tls_reports_a_wrong_password_and_recovers_when_corrected() {
         assert_eq!(*seqs, (0..100).collect::<Vec<_>>());
     }
     gateway.stop();
+}
+
+/// Kills the gateway mid-drain up to `kills` times (a capped uplink keeps
+/// the drain going for seconds), then lets it finish. Returns the kills.
+fn drain_with_kills(
+    dir: &Path,
+    cfg: &str,
+    broker: &mut Broker,
+    records: u64,
+    kills: usize,
+) -> usize {
+    let gateway = Gateway::start(dir, cfg);
+    broker.stop();
+    publish_devices(gateway.port(), 4, 0..(records / 4) as usize);
+    gateway.kill();
+    broker.restart();
+    let mut killed = 0;
+    for round in 0..kills {
+        let gateway = Gateway::start(dir, cfg);
+        let before = replicated(&gateway);
+        let moved = wait_until(Duration::from_secs(20), || replicated(&gateway) > before);
+        if drained(&gateway, records) {
+            break;
+        }
+        assert!(moved, "round {round}: no progress: {:#?}", status(&gateway));
+        gateway.kill();
+        killed += 1;
+    }
+    let gateway = Gateway::start(dir, cfg);
+    wait_drained(&gateway, records, Duration::from_secs(180));
+    gateway.stop();
+    killed
+}
+
+/// `provenance = "compact"`: one small binary header instead of four text
+/// ones, still enough for the restart dedupe (kills mid-drain add no
+/// duplicates) and for consumers to identify each record; only the chosen
+/// ingest headers go upstream.
+#[test]
+fn compact_provenance_identifies_records_and_keeps_restarts_free_of_duplicates() {
+    let (dir, mut broker) = setup();
+    let extra = "bandwidth_bytes_per_s = 40000\nmax_in_flight_records = 1000\n";
+    let mirror = "provenance = \"compact\"\nheaders = [\"mqtt.topic\"]";
+    let cfg = config_mirror(dir.path(), &broker, "", extra, mirror);
+    let kills = drain_with_kills(dir.path(), &cfg, &mut broker, 2000, 3);
+    assert!(kills >= 1, "no kill landed mid-drain");
+    assert_eq!(assert_complete(&broker, 4, 500), 0, "duplicates");
+    let records = consume_all(&broker.bootstrap(), REMOTE, PARTITIONS as i32);
+    for r in &records {
+        let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["tw", "mqtt.topic"],
+            "one provenance header, the chosen ingest one"
+        );
+        let tw = &r.headers[0].1;
+        assert!(tw.len() <= 6, "compact: {} bytes", tw.len());
+        let (topic, partition, _) = r.origin();
+        assert_eq!(topic, "(implied)", "the remote topic names the local one");
+        assert_eq!(partition as i32, r.partition);
+    }
+}
+
+/// `value_format = "json_envelope"` with `provenance = "off"`: no headers
+/// at all, the value is a JSON object carrying the provenance, key, chosen
+/// headers and payload, and the restart dedupe reads it from there.
+#[test]
+fn the_json_envelope_carries_provenance_for_sinks_that_drop_headers() {
+    let (dir, mut broker) = setup();
+    let extra = "bandwidth_bytes_per_s = 60000\nmax_in_flight_records = 1000\n";
+    let mirror = "provenance = \"off\"\nvalue_format = \"json_envelope\"\nheaders = \"none\"";
+    let cfg = config_mirror(dir.path(), &broker, "", extra, mirror);
+    let kills = drain_with_kills(dir.path(), &cfg, &mut broker, 2000, 2);
+    assert!(kills >= 1, "no kill landed mid-drain");
+    let records = consume_all(&broker.bootstrap(), REMOTE, PARTITIONS as i32);
+    let mut seen = BTreeSet::new();
+    let mut per_device: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for r in &records {
+        assert!(r.headers.is_empty(), "no headers: {:?}", r.headers);
+        let e: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(e["gateway_id"], GATEWAY_ID);
+        assert_eq!(e["topic"], "ingest");
+        assert_eq!(e["partition"], r.partition);
+        assert!(e["timestamp_ms"].as_i64().unwrap() > 0);
+        assert_eq!(e["headers"], serde_json::json!({}));
+        let payload = e["value_text"].as_str().unwrap();
+        let (device, seq) = payload.split_once(':').unwrap();
+        assert_eq!(e["key"], device);
+        if seen.insert((e["partition"].as_u64(), e["offset"].as_u64())) {
+            per_device
+                .entry(device.into())
+                .or_default()
+                .push(seq.parse().unwrap());
+        }
+    }
+    assert_eq!(seen.len(), records.len(), "duplicates after kills");
+    assert_eq!(per_device.len(), 4);
+    for (device, seqs) in per_device {
+        assert_eq!(
+            seqs,
+            (0..500).collect::<Vec<_>>(),
+            "{device}: every record, in order"
+        );
+    }
+}
+
+/// A mirror rule's `linger_ms` gathers live records: published one every
+/// 40 ms for 3 s, they reach the broker in a few steps (about one a
+/// linger) instead of one by one, and every one arrives.
+#[test]
+fn live_records_linger_and_go_upstream_together() {
+    let (dir, broker) = setup();
+    let cfg = config_mirror(dir.path(), &broker, "", "", "linger_ms = 1000");
+    let gateway = Gateway::start(dir.path(), &cfg);
+    let watcher = {
+        let bootstrap = broker.bootstrap();
+        std::thread::spawn(move || watermark_steps(&bootstrap, Duration::from_secs(6)))
+    };
+    let port = gateway.port();
+    for seq in 0..75 {
+        publish(port, "d0", seq..seq + 1);
+        std::thread::sleep(Duration::from_millis(40)); // the pace of a live device
+    }
+    wait_drained(&gateway, 75, Duration::from_secs(30));
+    let steps = watcher.join().unwrap();
+    eprintln!("linger: 75 records reached the broker in {steps} steps");
+    assert!(
+        (2..=8).contains(&steps),
+        "{steps} steps for 75 records over 3 s with a 1 s linger"
+    );
+    assert_eq!(assert_complete(&broker, 1, 75), 0);
+    gateway.stop();
+}
+
+/// How many times the remote high watermarks (both partitions) moved
+/// while watched for `span`.
+fn watermark_steps(bootstrap: &str, span: Duration) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let (mut last, mut steps) = (0i64, 0);
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        let total: i64 = (0..PARTITIONS as i32)
+            .filter_map(|p| {
+                consumer
+                    .fetch_watermarks(REMOTE, p, Duration::from_secs(5))
+                    .ok()
+            })
+            .map(|(_, high)| high)
+            .sum();
+        if total != last {
+            steps += 1;
+            last = total;
+        }
+        std::thread::sleep(Duration::from_millis(20)); // sampling the broker
+    }
+    steps
 }

@@ -35,14 +35,56 @@ impl Upstream {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
-    /// (local topic, local partition, local offset) from the tidewell headers.
+    /// (local topic, local partition, local offset) from the provenance:
+    /// the `tidewell.*` headers, or the compact `tw` header (decoded here
+    /// independently; a topic its remote topic implies is `"(implied)"`).
     pub fn origin(&self) -> (String, u32, u64) {
-        (
-            self.header("tidewell.topic").unwrap().to_string(),
-            self.header("tidewell.partition").unwrap().parse().unwrap(),
-            self.header("tidewell.offset").unwrap().parse().unwrap(),
-        )
+        if let Some(topic) = self.header("tidewell.topic") {
+            return (
+                topic.to_string(),
+                self.header("tidewell.partition").unwrap().parse().unwrap(),
+                self.header("tidewell.offset").unwrap().parse().unwrap(),
+            );
+        }
+        let (_, tw) = self
+            .headers
+            .iter()
+            .find(|(n, _)| n == "tw")
+            .expect("a provenance header");
+        decode_tw(tw)
     }
+}
+
+/// The compact provenance value: flags, varint partition, varint offset,
+/// then the length-prefixed gateway id (flag 1) and local topic (flag 2).
+fn decode_tw(v: &[u8]) -> (String, u32, u64) {
+    fn varint(v: &[u8], pos: &mut usize) -> u64 {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = v[*pos];
+            *pos += 1;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        value
+    }
+    let mut pos = 1;
+    let partition = varint(v, &mut pos) as u32;
+    let offset = varint(v, &mut pos);
+    let mut texts = Vec::new();
+    for flag in [1u8, 2] {
+        if v[0] & flag != 0 {
+            let len = varint(v, &mut pos) as usize;
+            texts.push(String::from_utf8(v[pos..pos + len].to_vec()).unwrap());
+            pos += len;
+        } else {
+            texts.push("(implied)".to_string());
+        }
+    }
+    assert_eq!(pos, v.len(), "the whole tw header is used");
+    (texts.pop().unwrap(), partition, offset)
 }
 
 /// Every record of `topic` (all `partitions`), with rdkafka.

@@ -322,7 +322,7 @@ mod summary;
 mod syncer;
 pub mod ticket;
 pub mod types;
-mod varint;
+pub mod varint;
 pub mod verify;
 mod writer;
 

@@ -181,6 +181,48 @@ pub struct MirrorRule {
     pub remote: String,
     #[serde(default)]
     pub partitioning: Partitioning,
+    /// How upstream records say where they come from (see `shape`).
+    #[serde(default)]
+    pub provenance: super::shape::Provenance,
+    /// `raw` (the default) or `json_envelope` (see `shape`).
+    #[serde(default)]
+    pub value_format: super::shape::ValueFormat,
+    /// Which ingest headers go upstream: "all" (default), "none", or names
+    /// (a trailing `*` matches a prefix).
+    #[serde(default)]
+    pub headers: super::shape::HeaderChoice,
+    /// Live records wait up to this long to go out together, in fewer and
+    /// larger (better compressed) requests, for metered links; a backlog of
+    /// 5,000 records or more goes at once. 0: sent as they come.
+    #[serde(default)]
+    pub linger_ms: u64,
+}
+
+impl MirrorRule {
+    /// Every local topic's rule when none is configured.
+    pub fn default_for(local: &str) -> MirrorRule {
+        MirrorRule {
+            local: local.to_string(),
+            remote: DEFAULT_TEMPLATE.to_string(),
+            partitioning: Partitioning::Same,
+            provenance: super::shape::Provenance::default(),
+            value_format: super::shape::ValueFormat::default(),
+            headers: super::shape::HeaderChoice::default(),
+            linger_ms: 0,
+        }
+    }
+
+    /// The record shape of this rule's remote records.
+    pub fn shape(&self) -> super::shape::Shape {
+        super::shape::Shape {
+            provenance: self.provenance,
+            value_format: self.value_format,
+            headers: self.headers.clone(),
+            implies_gateway: self.remote.contains("{gateway_id}"),
+            implies_topic: self.remote.contains("{topic}"),
+            linger: (self.linger_ms > 0).then(|| std::time::Duration::from_millis(self.linger_ms)),
+        }
+    }
 }
 
 pub const DEFAULT_TEMPLATE: &str = "{gateway_id}.{topic}";
@@ -203,7 +245,16 @@ impl UpstreamConfig {
         if self.bootstrap_servers.trim().is_empty() {
             return bad("bootstrap_servers", "required (host:port[,host:port])");
         }
-        for rule in &self.mirror {
+        for (i, rule) in self.mirror.iter().enumerate() {
+            if let Err(msg) = rule.headers.validate() {
+                return bad(&format!("mirror[{i}].headers"), &msg);
+            }
+            if rule.linger_ms > 60_000 {
+                return bad(
+                    &format!("mirror[{i}].linger_ms"),
+                    "at most 60000 (a minute); latency grows with it",
+                );
+            }
             if !local_topics.contains(&rule.local.as_str()) {
                 return bad(
                     "mirror.local",

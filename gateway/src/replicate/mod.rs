@@ -143,6 +143,7 @@ pub mod observe;
 mod reset;
 mod runner;
 mod send;
+pub mod shape;
 pub mod status;
 pub mod stream;
 pub mod tail;
@@ -289,11 +290,7 @@ fn streams(
 ) -> Result<Vec<Stream>, UpstreamError> {
     let rules: Vec<MirrorRule> = if config.mirror.is_empty() {
         log.topics()
-            .map(|t| MirrorRule {
-                local: t.name.clone(),
-                remote: config::DEFAULT_TEMPLATE.to_string(),
-                partitioning: Partitioning::Same,
-            })
+            .map(|t| MirrorRule::default_for(&t.name))
             .collect()
     } else {
         config.mirror.clone()
@@ -309,6 +306,7 @@ fn streams(
                 "remote topic {remote:?} is not a valid Kafka topic name"
             )));
         }
+        let shape = Arc::new(rule.shape());
         for part in &topic.partitions {
             let cursor = log
                 .summary(&rule.local, part.id)
@@ -317,6 +315,7 @@ fn streams(
             let mut s = Stream::new(out.len() as u32, &rule.local, part.id, cursor);
             s.remote_topic = remote.clone();
             s.partitioning = rule.partitioning;
+            s.shape = shape.clone();
             out.push(s);
         }
     }

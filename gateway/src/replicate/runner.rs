@@ -106,7 +106,9 @@ impl Runner {
     /// Waits for an event, for records published after `seen` (when a
     /// session could send them), or for what is due next.
     fn wait_idle(&mut self, seen: u64) {
-        if self.producer.is_some() {
+        // While every stream lingers, new records change nothing before its end.
+        let all_linger = self.streams.iter().all(|s| s.linger_until.is_some());
+        if self.producer.is_some() && !all_linger {
             let mut cx = std::task::Context::from_waker(&self.appended);
             let mut appended = std::pin::pin!(self.log.appended_after(seen));
             if std::future::Future::poll(appended.as_mut(), &mut cx).is_ready() {
@@ -136,6 +138,9 @@ impl Runner {
         }
         if self.bucket.is_some() && self.streams.iter().any(|s| !s.caught_up) {
             due.push(now + CAPPED_WAIT);
+        }
+        if self.producer.is_some() {
+            due.extend(self.streams.iter().filter_map(|s| s.linger_until));
         }
         due.into_iter()
             .min()
@@ -231,8 +236,16 @@ impl Runner {
             let count = remote_partitions(producer, remote, timeout, &mut self.brokers)?;
             let read = tail_requests(&mut self.streams, remote, count)?;
             let depth = self.config.dedupe_tail_records;
-            let found =
-                tail::read_tails(consumer, remote, &read, &self.gateway_id, depth, timeout)?;
+            let implied = implied(&self.streams, remote);
+            let found = tail::read_tails(
+                consumer,
+                remote,
+                &read,
+                &self.gateway_id,
+                &implied,
+                depth,
+                timeout,
+            )?;
             for s in self
                 .streams
                 .iter_mut()
@@ -584,6 +597,21 @@ impl Drop for Reaped {
             // Only reads tails: nothing of it needs to be gone first.
             let _ = reap(consumer);
         }
+    }
+}
+
+/// What `remote`'s name says about its records: whether it is this
+/// gateway's own, and the local topic when exactly one is mirrored there by
+/// a rule that names `{topic}`.
+fn implied(streams: &[Stream], remote: &str) -> tail::Implied {
+    let mut writers = streams.iter().filter(|s| s.remote_topic == remote);
+    let Some(first) = writers.next() else {
+        return tail::Implied::default();
+    };
+    let one_topic = writers.all(|s| s.topic == first.topic);
+    tail::Implied {
+        gateway: first.shape.implies_gateway,
+        topic: (one_topic && first.shape.implies_topic).then(|| first.topic.clone()),
     }
 }
 

@@ -4,13 +4,12 @@
 use std::time::Instant;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
 use super::client::{Producer, Token};
 use super::error::UpstreamError;
+use super::shape::Origin;
 use super::stream::Stream;
-use super::tail::{H_GATEWAY, H_OFFSET, H_PARTITION, H_TOPIC};
 use crate::log::{Log, Offset, ReadError, StoredRecord};
 
 /// Bytes asked of the log per read.
@@ -42,8 +41,8 @@ impl Bucket {
 
     /// Bytes that may be sent now (0: wait). A read may overshoot: it
     /// returns whole records, and the log's byte budget does not count the
-    /// `tidewell.*` headers that `upstream_bytes` does. The debt is paid
-    /// before the next read, so the rate holds on average.
+    /// provenance headers (or the envelope) that `send` does. The debt is
+    /// paid before the next read, so the rate holds on average.
     fn allowance(&mut self) -> u64 {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
@@ -68,6 +67,9 @@ pub fn fill_stream(
     window: &mut Window,
     mut bucket: Option<&mut Bucket>,
 ) -> Result<bool, UpstreamError> {
+    if lingering(log, stream) {
+        return Ok(false);
+    }
     let mut moved = false;
     loop {
         if stream.in_flight_records() >= window.max_records || window.bytes >= window.max_bytes {
@@ -102,10 +104,9 @@ pub fn fill_stream(
                 moved = true;
                 continue;
             }
-            let bytes = upstream_bytes(gateway_id, stream, record);
-            if !send(producer, session, gateway_id, stream, record)? {
+            let Some(bytes) = send(producer, session, gateway_id, stream, record)? else {
                 return Ok(moved); // librdkafka's queue is full: wait for acks
-            }
+            };
             stream.sent(record.offset.0, bytes);
             window.bytes += bytes;
             if let Some(b) = bucket.as_deref_mut() {
@@ -116,63 +117,67 @@ pub fn fill_stream(
     }
 }
 
+/// A linger ends early once this many records wait: past it they are a
+/// backlog, which drains at once.
+pub const LINGER_FULL_RECORDS: u64 = 5_000;
+
+/// Whether the stream holds its few new records back a little longer, so
+/// live data goes out in fewer, larger, better-compressed requests (the
+/// rule's `linger_ms`). The first unsent record seen starts the wait; when
+/// it is over, or a backlog builds, everything there is goes out.
+fn lingering(log: &Log, stream: &mut Stream) -> bool {
+    let Some(linger) = stream.shape.linger else {
+        return false;
+    };
+    let end = log
+        .offsets(&stream.topic, stream.partition)
+        .map_or(0, |(_, end)| end.0);
+    let waiting = end.saturating_sub(stream.next_read);
+    if waiting == 0 {
+        stream.linger_until = None;
+        return false;
+    }
+    if waiting >= LINGER_FULL_RECORDS {
+        stream.linger_until = None;
+        return false;
+    }
+    let now = Instant::now();
+    let until = *stream.linger_until.get_or_insert(now + linger);
+    if now < until {
+        return true;
+    }
+    stream.linger_until = None;
+    false
+}
+
 /// Framing a record costs upstream besides its bytes (length, attributes,
 /// timestamp and offset deltas, header counts), roughly.
 const RECORD_OVERHEAD: u64 = 16;
 
-/// What one record weighs upstream, before compression: key, value, the
-/// ingest headers and the four `tidewell.*` headers `send` adds, plus
-/// framing. The bandwidth cap and the in-flight byte window count this.
-fn upstream_bytes(gateway_id: &str, stream: &Stream, stored: &StoredRecord) -> u64 {
-    let ours = H_GATEWAY.len()
-        + gateway_id.len()
-        + H_TOPIC.len()
-        + stream.topic.len()
-        + H_PARTITION.len()
-        + decimal_len(u64::from(stream.partition.0))
-        + H_OFFSET.len()
-        + decimal_len(stored.offset.0);
-    (stored.record.payload_len() + ours) as u64 + RECORD_OVERHEAD
-}
-
-fn decimal_len(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-/// Hands one record to the producer; false when its queue is full.
+/// Hands one record to the producer, shaped by its mirror rule. Returns
+/// what it weighs upstream before compression (key, value, headers and
+/// framing: what the bandwidth cap and the in-flight window count), or
+/// `None` when librdkafka's queue is full.
 fn send(
     producer: &Producer,
     session: u64,
     gateway_id: &str,
     stream: &Stream,
     stored: &StoredRecord,
-) -> Result<bool, UpstreamError> {
+) -> Result<Option<u64>, UpstreamError> {
     let r = &stored.record;
-    let partition = stream.partition.0.to_string();
-    let offset = stored.offset.0.to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(4 + r.headers.len())
-        .insert(Header {
-            key: H_GATEWAY,
-            value: Some(gateway_id),
-        })
-        .insert(Header {
-            key: H_TOPIC,
-            value: Some(stream.topic.as_str()),
-        })
-        .insert(Header {
-            key: H_PARTITION,
-            value: Some(partition.as_str()),
-        })
-        .insert(Header {
-            key: H_OFFSET,
-            value: Some(offset.as_str()),
-        });
-    for (name, value) in &r.headers {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value.as_ref()),
-        });
-    }
+    let origin = Origin {
+        gateway_id,
+        topic: &stream.topic,
+        partition: stream.partition.0,
+        offset: stored.offset.0,
+    };
+    let shape = &stream.shape;
+    let value = shape.value(&origin, stored);
+    let bytes = (r.key.as_ref().map_or(0, bytes::Bytes::len)
+        + value.len()
+        + shape.header_bytes(&origin, stored)) as u64
+        + RECORD_OVERHEAD;
     let token = Box::new(Token {
         stream: stream.index,
         offset: stored.offset.0,
@@ -181,15 +186,15 @@ fn send(
     let mut record =
         BaseRecord::<[u8], [u8], Box<Token>>::with_opaque_to(&stream.remote_topic, token)
             .partition(stream.remote_partition(r.key.as_deref()))
-            .payload(r.value.as_ref())
+            .payload(value.as_ref())
             .timestamp(r.timestamp_ms)
-            .headers(headers);
+            .headers(shape.headers(&origin, stored));
     if let Some(key) = &r.key {
         record = record.key(key.as_ref());
     }
     match producer.send(record) {
-        Ok(()) => Ok(true),
-        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(false),
+        Ok(()) => Ok(Some(bytes)),
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(None),
         Err((e, _)) => Err(UpstreamError::Delivery {
             topic: stream.topic.clone(),
             partition: stream.partition.0,
@@ -228,16 +233,4 @@ fn skip_unreadable(stream: &mut Stream, e: ReadError) -> bool {
     }
     stream.skip(from, to);
     true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decimal_len;
-
-    #[test]
-    fn decimal_len_counts_the_digits_of_the_offset_header() {
-        for n in [0u64, 9, 10, 99, 100, 12_345, u64::MAX] {
-            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
-        }
-    }
 }

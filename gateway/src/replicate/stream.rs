@@ -38,6 +38,8 @@ pub struct Stream {
     pub partition: Partition,
     pub remote_topic: String,
     pub partitioning: Partitioning,
+    /// What its upstream records carry (provenance, headers, envelope).
+    pub shape: std::sync::Arc<super::shape::Shape>,
     /// Partition count of the remote topic, learnt per session.
     pub remote_partitions: usize,
     /// Every offset below it is acknowledged upstream (or skipped).
@@ -54,6 +56,8 @@ pub struct Stream {
     pub counters: StreamCounters,
     /// When the stream last had nothing to read (for `live_first`).
     pub caught_up: bool,
+    /// While its new records linger (the rule's `linger_ms`): until when.
+    pub linger_until: Option<std::time::Instant>,
 }
 
 impl Stream {
@@ -64,6 +68,7 @@ impl Stream {
             partition,
             remote_topic: String::new(),
             partitioning: Partitioning::Same,
+            shape: std::sync::Arc::new(super::config::MirrorRule::default_for(topic).shape()),
             remote_partitions: 0,
             cursor,
             persisted: cursor,
@@ -73,6 +78,7 @@ impl Stream {
             in_flight_bytes: 0,
             counters: StreamCounters::default(),
             caught_up: false,
+            linger_until: None,
         }
     }
 

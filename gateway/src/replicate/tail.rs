@@ -1,7 +1,8 @@
 //! Start-up dedupe: read the end of each remote partition this gateway
 //! writes to, back to the replication cursor, and collect the local offsets
-//! already there (by their `tidewell.*` headers), so a restart does not send
-//! them again.
+//! already there (by their provenance: `tidewell.*` headers, the compact
+//! `tw` header, or the JSON envelope; see `shape`), so a restart does not
+//! send them again.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 
 use super::error::UpstreamError;
+use super::shape::{decode_compact, envelope_origin, Compact, H_COMPACT};
 
 /// Headers Tidewell puts on every upstream record (values are decimal text).
 pub const H_GATEWAY: &str = "tidewell.gateway_id";
@@ -25,6 +27,16 @@ pub type Found = HashMap<(String, u32), Vec<u64>>;
 /// One record of this gateway found upstream: its (local topic, local
 /// partition) and local offset.
 type Origin = ((String, u32), u64);
+
+/// What a remote topic's name says about its records (compact provenance
+/// leaves these out of each record).
+#[derive(Debug, Clone, Default)]
+pub struct Implied {
+    /// The remote topic is this gateway's own (`{gateway_id}` in its name).
+    pub gateway: bool,
+    /// The one local topic mirrored there (`{topic}` in its name).
+    pub topic: Option<String>,
+}
 
 /// One remote partition to read, and the local streams that write to it
 /// with their cursors: once a stream's record *below* its cursor turns up,
@@ -49,6 +61,7 @@ pub fn read_tails(
     topic: &str,
     requests: &[TailRequest],
     gateway_id: &str,
+    implied: &Implied,
     depth: u64,
     timeout: Duration,
 ) -> Result<Found, UpstreamError> {
@@ -64,6 +77,7 @@ pub fn read_tails(
             topic,
             partition: request.partition,
             gateway_id,
+            implied,
             timeout,
         };
         tail.read(&request.cursors, depth, &mut found)
@@ -77,6 +91,7 @@ struct Tail<'a> {
     topic: &'a str,
     partition: i32,
     gateway_id: &'a str,
+    implied: &'a Implied,
     timeout: Duration,
 }
 
@@ -133,7 +148,7 @@ impl Tail<'_> {
                 Some(Ok(message)) if message.offset() >= end => return Ok(out),
                 Some(Ok(message)) => {
                     let last = message.offset() + 1 >= end;
-                    out.extend(ours(&message, self.gateway_id));
+                    out.extend(ours(&message, self.gateway_id, self.implied));
                     if last {
                         return Ok(out);
                     }
@@ -143,9 +158,28 @@ impl Tail<'_> {
     }
 }
 
-/// The (local topic, partition) and offset of a record this gateway wrote.
-fn ours(message: &impl Message, gateway_id: &str) -> Option<Origin> {
-    let headers = message.headers()?;
+/// The (local topic, partition) and offset of a record this gateway wrote,
+/// from whichever provenance it carries: the full headers, the compact
+/// header, or the JSON envelope.
+fn ours(message: &impl Message, gateway_id: &str, implied: &Implied) -> Option<Origin> {
+    if let Some(headers) = message.headers() {
+        if let Some(found) = from_full(headers, gateway_id) {
+            return found;
+        }
+        let compact = headers
+            .iter()
+            .find(|h| h.key == H_COMPACT)
+            .and_then(|h| decode_compact(h.value?));
+        if let Some(c) = compact {
+            return from_compact(c, gateway_id, implied);
+        }
+    }
+    let (gw, topic, partition, offset) = envelope_origin(message.payload()?)?;
+    (gw == gateway_id).then_some(((topic, partition), offset))
+}
+
+/// `Some(origin or None)` when the full headers are there.
+fn from_full(headers: &impl Headers, gateway_id: &str) -> Option<Option<Origin>> {
     let (mut gw, mut topic, mut partition, mut offset) = (None, None, None, None);
     for h in headers.iter() {
         let value = h.value.and_then(|v| std::str::from_utf8(v).ok());
@@ -157,8 +191,24 @@ fn ours(message: &impl Message, gateway_id: &str) -> Option<Origin> {
             _ => {}
         }
     }
-    if gw? != gateway_id {
-        return None;
+    let gw = gw?;
+    if gw != gateway_id {
+        return Some(None);
     }
-    Some(((topic?.to_string(), partition?), offset?))
+    Some(
+        topic
+            .zip(partition)
+            .zip(offset)
+            .map(|((t, p), o)| ((t.to_string(), p), o)),
+    )
+}
+
+fn from_compact(c: Compact, gateway_id: &str, implied: &Implied) -> Option<Origin> {
+    match &c.gateway_id {
+        Some(gw) if gw != gateway_id => return None,
+        None if !implied.gateway => return None,
+        _ => {}
+    }
+    let topic = c.topic.or_else(|| implied.topic.clone())?;
+    Some(((topic, c.partition), c.offset))
 }
