@@ -256,12 +256,10 @@ fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself()
             count("sessions") > sessions,
             "round {round}: the cut rebuilt the session"
         );
-        let (_, duplicates) = by_key(&consume_all(&broker.bootstrap(), REMOTE, 1));
         eprintln!(
-            "after cut {round}: {total} records, {duplicates} duplicates upstream ({:?})",
+            "cut {round}: {total} records drained ({:?})",
             started.elapsed()
         );
-        assert_eq!(duplicates, 0, "round {round}: duplicates after a link cut");
     }
     let records = consume_all(&broker.bootstrap(), REMOTE, 1);
     let (keys, duplicates) = by_key(&records);
