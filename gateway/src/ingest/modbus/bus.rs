@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::client::{self, Link, RequestError};
-use super::config::{BusConfig, DataType};
+use super::config::BusConfig;
 use super::frame::{Answer, FrameError};
 use super::observe::{BusStats, DeviceStats, ModbusStats};
 use super::plan::{self, Request};
@@ -316,14 +316,10 @@ fn fill(
         let at = usize::from((point.address as u16).wrapping_sub(request.start));
         let value = if point.kind.is_bits() {
             plan::bit(data, at).map(serde_json::Value::Bool)
-        } else if point.data_type() == DataType::Bool
-            || at + usize::from(point.count()) <= registers.len()
-        {
-            registers
-                .get(at..)
-                .and_then(|regs| plan::decode_registers(point, regs))
         } else {
-            None
+            registers
+                .get(at..at + usize::from(point.count()))
+                .and_then(|regs| plan::decode_registers(point, regs))
         };
         outcomes[i] = value.map_or(Outcome::Bad(Quality::NotFinite), Outcome::Good);
     }
