@@ -25,10 +25,8 @@ impl ModbusConfig {
         for (b, bus) in self.buses.iter().enumerate() {
             let key = format!("modbus.buses[{b}]");
             if self.buses[..b].iter().any(|o| o.name == bus.name) {
-                problems.push((
-                    format!("{key}.name"),
-                    format!("bus {:?} is configured twice", bus.name),
-                ));
+                let msg = format!("bus {:?} is configured twice", bus.name);
+                problems.push((format!("{key}.name"), msg));
             }
             if !topics.contains(&bus.topic.as_str()) {
                 let msg = format!("no topic {:?} is configured under [topics]", bus.topic);
@@ -44,23 +42,7 @@ impl ModbusConfig {
                     );
                     problems.push((format!("{dkey}.name"), msg));
                 }
-                if bus.devices[..d].iter().any(|o| o.unit == device.unit) {
-                    let msg = format!("unit {} is configured twice on this bus", device.unit);
-                    problems.push((format!("{dkey}.unit"), msg));
-                }
-                if bus.transport != Transport::Tcp && !(1..=247).contains(&device.unit) {
-                    problems.push((format!("{dkey}.unit"), "RTU unit ids are 1 to 247".into()));
-                }
-                for (g, group) in device.groups.iter().enumerate() {
-                    let gkey = format!("{dkey}.groups[{g}]");
-                    if device.groups[..g].iter().any(|o| o.name == group.name) {
-                        problems.push((
-                            format!("{gkey}.name"),
-                            format!("group {:?} is configured twice", group.name),
-                        ));
-                    }
-                    group_problems(group, &gkey, &mut problems);
-                }
+                device_problems(bus, d, &dkey, &mut problems);
             }
         }
         if problems.is_empty() {
@@ -69,6 +51,31 @@ impl ModbusConfig {
             }
         }
         problems
+    }
+}
+
+fn device_problems(bus: &BusConfig, d: usize, key: &str, problems: &mut Problems) {
+    let device = &bus.devices[d];
+    if bus.devices[..d].iter().any(|o| o.unit == device.unit) {
+        let msg = format!("unit {} is configured twice on this bus", device.unit);
+        problems.push((format!("{key}.unit"), msg));
+    }
+    if bus.transport != Transport::Tcp && !(1..=247).contains(&device.unit) {
+        problems.push((format!("{key}.unit"), "RTU unit ids are 1 to 247".into()));
+    }
+    if device.groups.is_empty() {
+        problems.push((
+            format!("{key}.groups"),
+            "a device needs at least one [[...groups]] entry".into(),
+        ));
+    }
+    for (g, group) in device.groups.iter().enumerate() {
+        let gkey = format!("{key}.groups[{g}]");
+        if device.groups[..g].iter().any(|o| o.name == group.name) {
+            let msg = format!("group {:?} is configured twice", group.name);
+            problems.push((format!("{gkey}.name"), msg));
+        }
+        group_problems(group, &gkey, problems);
     }
 }
 
@@ -300,4 +307,79 @@ fn overload(bus: &BusConfig, b: usize) -> Option<(String, String)> {
         );
         (key, msg)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Problems {
+        let config: ModbusConfig = toml::from_str(text).unwrap();
+        config.validate(&["ingest"])
+    }
+
+    const BUS: &str = "[[buses]]\nname = \"b\"\ntransport = \"rtu\"\npath = \"/dev/ttyS0\"\nbaud = 9600\n\
+                       [[buses.devices]]\nname = \"d\"\nunit = 1\n[[buses.devices.groups]]\nname = \"g\"\n";
+
+    fn point(name: &str, kind: &str, address: u32, extra: &str) -> String {
+        format!("[[buses.devices.groups.points]]\nname = \"{name}\"\nkind = \"{kind}\"\naddress = {address}\n{extra}\n")
+    }
+
+    #[test]
+    fn a_sound_bus_has_no_problems() {
+        let text = format!(
+            "{BUS}interval_ms = 1000\n{}{}",
+            point("a", "holding_register", 0, "type = \"float32\""),
+            point("b", "coil", 0, "")
+        );
+        assert_eq!(problems(&text), Vec::<(String, String)>::new());
+    }
+
+    #[test]
+    fn mistakes_are_named_by_key_path() {
+        let text = format!(
+            "{BUS}interval_ms = 1000\n{}{}{}{}",
+            point("a", "coil", 0, "type = \"int16\""),
+            point("b", "holding_register", 0, "bit = 16\ntype = \"bool\""),
+            point(
+                "c",
+                "input_register",
+                0,
+                "type = \"string\"\nscale = 2.0\nlength = 2"
+            ),
+            point("d", "input_register", 0, "max_interval_ms = 5"),
+        );
+        let keys: Vec<String> = problems(&text).into_iter().map(|(k, _)| k).collect();
+        let at = "modbus.buses[0].devices[0].groups[0].points";
+        assert_eq!(
+            keys,
+            vec![
+                format!("{at}[0].type"),
+                format!("{at}[1].bit"),
+                format!("{at}[2].scale"),
+                format!("{at}[3].max_interval_ms")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bus_busier_than_its_time_is_refused_at_its_largest_share() {
+        // One register at 9600 baud, 11 bits: (8 + 7) chars + 2 x 3.5 = 25.2 ms, + 20 ms pause.
+        let text = format!(
+            "{BUS}interval_ms = 45\n{}",
+            point("a", "holding_register", 0, "")
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].0,
+            "modbus.buses[0].devices[0].groups[0].interval_ms"
+        );
+        assert!(found[0].1.contains("100%"), "{}", found[0].1);
+        let fits = format!(
+            "{BUS}interval_ms = 46\n{}",
+            point("a", "holding_register", 0, "")
+        );
+        assert!(problems(&fits).is_empty());
+    }
 }
