@@ -112,6 +112,24 @@ fn bench_serial_runs() {
 }
 
 #[test]
+fn bench_modbus_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &[
+            "modbus",
+            "--bauds",
+            "19200",
+            "--seconds",
+            "1",
+            "--idle-seconds",
+            "1",
+        ],
+    );
+    printed(&out, &["19200 baud", "polls/s line limit", "% of one core"]);
+}
+
+#[test]
 fn bench_replicate_runs_against_tansu_and_confluent_kafka() {
     let dir = tempfile::tempdir().unwrap();
     let out = bench(dir.path(), &["replicate", "--records", "2000"]);

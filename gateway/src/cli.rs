@@ -119,6 +119,8 @@ enum BenchCommand {
     /// Readings/s from the device simulator through a pty pair to the gateway, vs the line rate.
     #[cfg(feature = "sim")]
     Serial(crate::bench::serial::SerialBenchArgs),
+    /// Polls/s of simulated RTU slaves through a pty pair against the line's limit, and CPU per poll.
+    Modbus(crate::bench::modbus::ModbusBenchArgs),
     /// Time to open a large log: after a clean stop, and after a crash with a torn tail.
     Open(crate::bench::open::OpenArgs),
     /// Drain of 1M records to a Kafka-API broker, against confluent-kafka's producer.
@@ -177,6 +179,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "sim")]
         Command::Bench(BenchCommand::Serial(args)) => {
             crate::bench::serial::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Modbus(args)) => {
+            crate::bench::modbus::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Open(args)) => {
             crate::bench::open::run(&args).map(|()| ExitCode::SUCCESS)

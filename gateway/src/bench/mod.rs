@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod log;
+pub mod modbus;
 #[cfg(feature = "bench-mqtt")]
 pub mod mqtt;
 pub mod open;

@@ -50,6 +50,8 @@ pub struct Config {
     pub mqtt: crate::ingest::mqtt::MqttConfig,
     /// Serial ports (`[[serial.ports]]`, see `serial::config`); none by default.
     pub serial: crate::ingest::serial::SerialConfig,
+    /// Modbus buses to poll (`[[modbus.buses]]`, see `modbus::config`); none by default.
+    pub modbus: crate::ingest::modbus::ModbusConfig,
     /// The observability endpoint (`[http]`); loopback by default.
     pub http: crate::observe::HttpConfig,
     /// This gateway's name upstream (default: `/etc/machine-id`, else the
@@ -68,6 +70,7 @@ impl Default for Config {
             topics: BTreeMap::from([(DEFAULT_TOPIC.to_string(), TopicConfig::default())]),
             mqtt: crate::ingest::mqtt::MqttConfig::default(),
             serial: crate::ingest::serial::SerialConfig::default(),
+            modbus: crate::ingest::modbus::ModbusConfig::default(),
             http: crate::observe::HttpConfig::default(),
             gateway_id: None,
             upstream: None,
@@ -115,6 +118,7 @@ impl Config {
             problems.extend(self.unknown_mqtt_topics(&topics));
         }
         problems.extend(self.serial.validate(&topics).err());
+        problems.extend(self.modbus.validate(&topics));
         if let Some(upstream) = &self.upstream {
             problems.extend(upstream.validate(&topics).err());
         }

@@ -1,0 +1,674 @@
+//! Modbus ingest end to end: the real gateway binary polls devices played by
+//! pymodbus (`tests/modbus/slaves.py`, an independent Modbus
+//! implementation): three RTU units on one serial line through a socat
+//! pseudo-terminal pair, or a Modbus TCP (or RTU-over-TCP) server; `tidewell
+//! log dump` reads back what is on disk.
+
+// A test that cannot go on fails: unwrap is how it says so.
+#![allow(clippy::unwrap_used)]
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use harness::{header, wait_until, Gateway};
+use serde_json::{json, Value};
+
+fn wait_for(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
+    assert!(
+        wait_until(limit, condition),
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
+/// A socat pseudo-terminal pair: the gateway's end and the devices' end.
+struct Line {
+    child: Child,
+    gateway_end: PathBuf,
+    devices_end: PathBuf,
+}
+
+impl Line {
+    fn new(dir: &Path) -> Line {
+        let gateway_end = dir.join("ttyGW");
+        let devices_end = dir.join("ttyDEV");
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", gateway_end.display()))
+            .arg(format!("pty,raw,echo=0,link={}", devices_end.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is installed (tests/run installs it)");
+        wait_for("socat's pseudo-terminals", Duration::from_secs(10), || {
+            gateway_end.exists() && devices_end.exists()
+        });
+        Line {
+            child,
+            gateway_end,
+            devices_end,
+        }
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// pymodbus playing units 1, 2 and 3, driven through its stdin.
+struct Slaves {
+    child: Child,
+    stdin: ChildStdin,
+    replies: mpsc::Receiver<String>,
+}
+
+impl Slaves {
+    /// `args`: `rtu PATH BAUD`, `tcp PORT` or `rtutcp PORT`.
+    fn start(args: &[&str]) -> Slaves {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/modbus/slaves.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with pymodbus (tests/run installs it)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, replies) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = replies.recv_timeout(Duration::from_secs(20));
+        assert_eq!(
+            ready.as_deref(),
+            Ok("ready"),
+            "pymodbus did not start (is pymodbus==3.8.6 installed?)"
+        );
+        Slaves {
+            child,
+            stdin,
+            replies,
+        }
+    }
+
+    fn command(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        let reply = self.replies.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(reply, format!("ok {line}"));
+    }
+}
+
+impl Drop for Slaves {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every data type and order of the slaves' layout, as points.
+const ALL_TYPES: &str = r#"
+[[modbus.buses.devices.groups.points]]
+name = "i16"
+kind = "holding_register"
+address = 0
+type = "int16"
+[[modbus.buses.devices.groups.points]]
+name = "u16"
+kind = "holding_register"
+address = 1
+[[modbus.buses.devices.groups.points]]
+name = "i32"
+kind = "holding_register"
+address = 2
+type = "int32"
+[[modbus.buses.devices.groups.points]]
+name = "u32_cdab"
+kind = "holding_register"
+address = 4
+type = "uint32"
+order = "CDAB"
+[[modbus.buses.devices.groups.points]]
+name = "i64_badc"
+kind = "holding_register"
+address = 6
+type = "int64"
+order = "BADC"
+[[modbus.buses.devices.groups.points]]
+name = "u64_dcba"
+kind = "holding_register"
+address = 10
+type = "uint64"
+order = "DCBA"
+[[modbus.buses.devices.groups.points]]
+name = "f32"
+kind = "holding_register"
+address = 14
+type = "float32"
+[[modbus.buses.devices.groups.points]]
+name = "f32_cdab"
+kind = "holding_register"
+address = 16
+type = "float32"
+order = "CDAB"
+[[modbus.buses.devices.groups.points]]
+name = "f64_badc"
+kind = "holding_register"
+address = 18
+type = "float64"
+order = "BADC"
+[[modbus.buses.devices.groups.points]]
+name = "f64_dcba"
+kind = "holding_register"
+address = 22
+type = "float64"
+order = "DCBA"
+[[modbus.buses.devices.groups.points]]
+name = "name"
+kind = "holding_register"
+address = 26
+type = "string"
+length = 8
+[[modbus.buses.devices.groups.points]]
+name = "bit0"
+kind = "holding_register"
+address = 30
+type = "bool"
+bit = 0
+[[modbus.buses.devices.groups.points]]
+name = "bit1"
+kind = "holding_register"
+address = 30
+type = "bool"
+bit = 1
+[[modbus.buses.devices.groups.points]]
+name = "bit15"
+kind = "holding_register"
+address = 30
+type = "bool"
+bit = 15
+[[modbus.buses.devices.groups.points]]
+name = "temp"
+kind = "holding_register"
+address = 31
+scale = 0.1
+offset = -40.0
+unit = "degC"
+[[modbus.buses.devices.groups.points]]
+name = "input"
+kind = "input_register"
+address = 0
+[[modbus.buses.devices.groups.points]]
+name = "coil0"
+kind = "coil"
+address = 0
+[[modbus.buses.devices.groups.points]]
+name = "coil1"
+kind = "coil"
+address = 1
+[[modbus.buses.devices.groups.points]]
+name = "di1"
+kind = "discrete_input"
+address = 1
+"#;
+
+fn expected_all_types(unit: u64) -> Value {
+    json!({
+        "i16": -1234, "u16": 50000 + unit, "i32": -123456789, "u32_cdab": 3000000000u64,
+        "i64_badc": -1234567890123i64, "u64_dcba": 12345678901234567890u64,
+        "f32": 21.5, "f32_cdab": -3.25, "f64_badc": 1234.5678, "f64_dcba": -0.001,
+        "name": "TIDEWELL", "bit0": true, "bit1": false, "bit15": true,
+        "temp": 21.5, "input": 1000 + unit, "coil0": true, "coil1": false, "di1": true,
+    })
+}
+
+/// A small group reading what tells the units apart.
+fn ids_group(interval_ms: u64) -> String {
+    format!(
+        r#"
+[[modbus.buses.devices.groups]]
+name = "ids"
+interval_ms = {interval_ms}
+[[modbus.buses.devices.groups.points]]
+name = "id"
+kind = "holding_register"
+address = 1
+"#
+    )
+}
+
+fn bus_head(transport: &str, endpoint: &str) -> String {
+    format!(
+        "[[modbus.buses]]\nname = \"line1\"\ntransport = \"{transport}\"\n{endpoint}\nbaud = 19200\npause_ms = 5\ntimeout_ms = 150\nretries = 1\n"
+    )
+}
+
+fn device(name: &str, unit: u8) -> String {
+    format!("[[modbus.buses.devices]]\nname = \"{name}\"\nunit = {unit}\n")
+}
+
+/// u1: every type every 500 ms; u2 and u3: their id every 300 and 400 ms.
+fn three_devices(dir: &Path, bus: &str, extra_u3: &str) -> String {
+    format!(
+        "{data}[mqtt]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n{bus}{u1}[[modbus.buses.devices.groups]]\nname = \"all\"\ninterval_ms = 500\n{ALL_TYPES}{u2}{g2}{u3}{g3}{extra_u3}",
+        data = harness::data_dir_line(dir),
+        u1 = device("u1", 1),
+        u2 = device("u2", 2),
+        g2 = ids_group(300),
+        u3 = device("u3", 3),
+        g3 = ids_group(400),
+    )
+}
+
+fn rtu_endpoint(line: &Line) -> String {
+    format!(
+        "path = \"{}\"\nparity = \"even\"",
+        line.gateway_end.display()
+    )
+}
+
+/// Decoded payloads of the records of `device`.
+fn payloads(gw: &Gateway, device: &str) -> Vec<Value> {
+    records(gw, device)
+        .iter()
+        .map(|r| serde_json::from_str(r["payload"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+fn records(gw: &Gateway, device: &str) -> Vec<Value> {
+    gw.dump()
+        .into_iter()
+        .filter(|r| r["key"] == device)
+        .collect()
+}
+
+fn rtu_setup(dir: &Path, extra_u3: &str) -> (Line, Slaves, Gateway) {
+    let line = Line::new(dir);
+    let slaves = Slaves::start(&["rtu", line.devices_end.to_str().unwrap(), "19200"]);
+    let config = three_devices(dir, &bus_head("rtu", &rtu_endpoint(&line)), extra_u3);
+    let gw = Gateway::start(dir, &config);
+    (line, slaves, gw)
+}
+
+#[test]
+fn three_rtu_slaves_on_one_bus_read_back_every_type_and_order_scaled() {
+    let dir = harness::temp_dir();
+    let (_line, _slaves, gw) = rtu_setup(dir.path(), "");
+    wait_for(
+        "records of all three units",
+        Duration::from_secs(20),
+        || {
+            ["u1", "u2", "u3"]
+                .iter()
+                .all(|d| !records(&gw, d).is_empty())
+        },
+    );
+    let u1 = records(&gw, "u1");
+    let value: Value = serde_json::from_str(u1[0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        value,
+        expected_all_types(1),
+        "what pymodbus serves, decoded"
+    );
+    assert_eq!(header(&u1[0], "modbus.bus"), Some("line1"));
+    assert_eq!(header(&u1[0], "modbus.unit"), Some("1"));
+    assert_eq!(header(&u1[0], "modbus.group"), Some("all"));
+    assert!(
+        header(&u1[0], "modbus.monotonic_ms")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((now_ms - u1[0]["timestamp_ms"].as_i64().unwrap()).abs() < 60_000);
+    assert_eq!(payloads(&gw, "u2")[0], json!({"id": 50002}));
+    assert_eq!(payloads(&gw, "u3")[0], json!({"id": 50003}));
+    // Each group keeps its own interval: over 3 s, ~6, ~10 and ~7.5 polls.
+    let before: Vec<usize> = ["u1", "u2", "u3"]
+        .iter()
+        .map(|d| records(&gw, d).len())
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<usize> = ["u1", "u2", "u3"]
+        .iter()
+        .map(|d| records(&gw, d).len())
+        .collect();
+    let polls: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(
+        (4..=7).contains(&polls[0])
+            && (7..=11).contains(&polls[1])
+            && (5..=9).contains(&polls[2])
+            && polls[1] > polls[0],
+        "polls in 3 s: {polls:?}"
+    );
+    assert_eq!(
+        gw.metric("tidewell_modbus_errors_total"),
+        0.0,
+        "a clean line has no errors"
+    );
+}
+
+#[test]
+fn a_slave_that_stops_answering_is_counted_and_the_others_keep_their_intervals() {
+    let dir = harness::temp_dir();
+    let (_line, mut slaves, gw) = rtu_setup(dir.path(), "");
+    wait_for("first records", Duration::from_secs(20), || {
+        !records(&gw, "u3").is_empty()
+    });
+    slaves.command("stop 2");
+    wait_for("timeouts of u2", Duration::from_secs(10), || {
+        gw.metric("tidewell_modbus_errors_total{device=\"u2\",error=\"timeout\"}") >= 4.0
+    });
+    let start = Instant::now();
+    let before: Vec<usize> = ["u1", "u3"].iter().map(|d| records(&gw, d).len()).collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let after: Vec<usize> = ["u1", "u3"].iter().map(|d| records(&gw, d).len()).collect();
+    let secs = start.elapsed().as_secs_f64();
+    let u1_rate = (after[0] - before[0]) as f64 / secs;
+    let u3_rate = (after[1] - before[1]) as f64 / secs;
+    assert!(
+        u1_rate >= 1.6 && u3_rate >= 2.0,
+        "u1 {u1_rate:.2}/s (wants 2), u3 {u3_rate:.2}/s (wants 2.5) while u2 is silent"
+    );
+    assert_eq!(
+        gw.metric("tidewell_modbus_backoff{device=\"u2\"}"),
+        1.0,
+        "u2 is backed off"
+    );
+    let silent = payloads(&gw, "u2").into_iter().last().unwrap();
+    assert_eq!(
+        silent,
+        json!({"id": null, "quality": {"id": "timeout"}}),
+        "a silent device is a quality, not a gap"
+    );
+    let status = gw.status();
+    let u2 = &status["modbus"]["buses"][0]["devices"][1];
+    assert!(
+        u2["timeouts"].as_u64().unwrap() >= 4 && u2["backing_off"] == true,
+        "{u2}"
+    );
+    slaves.command("start 2");
+    wait_for("u2 answering again", Duration::from_secs(40), || {
+        payloads(&gw, "u2").last() == Some(&json!({"id": 50002}))
+    });
+}
+
+#[test]
+fn garbage_on_the_line_is_a_crc_error_and_polling_resynchronises() {
+    let dir = harness::temp_dir();
+    let (_line, mut slaves, gw) = rtu_setup(dir.path(), "");
+    wait_for("first records", Duration::from_secs(20), || {
+        !records(&gw, "u2").is_empty()
+    });
+    slaves.command("garbage 2");
+    wait_for("a CRC error of u2", Duration::from_secs(10), || {
+        gw.metric("tidewell_modbus_errors_total{device=\"u2\",error=\"crc\"}") >= 1.0
+    });
+    assert!(
+        gw.metric("tidewell_modbus_bus_discarded_bytes_total") >= 4.0,
+        "the noise before the frame was dropped"
+    );
+    let seen = records(&gw, "u2").len();
+    wait_for("more good records of u2", Duration::from_secs(10), || {
+        records(&gw, "u2").len() >= seen + 3
+    });
+    let all = payloads(&gw, "u2");
+    assert!(
+        all.iter().all(|p| p == &json!({"id": 50002})),
+        "the retry after the damaged frame read the value: {all:?}"
+    );
+    assert_eq!(gw.metric("tidewell_modbus_errors_total{device=\"u1\""), 0.0);
+}
+
+const EXCEPTION_GROUP: &str = r#"
+[[modbus.buses.devices.groups]]
+name = "with_bad_address"
+interval_ms = 400
+[[modbus.buses.devices.groups.points]]
+name = "good"
+kind = "input_register"
+address = 0
+[[modbus.buses.devices.groups.points]]
+name = "missing"
+kind = "holding_register"
+address = 9000
+"#;
+
+#[test]
+fn an_exception_is_counted_with_its_code_and_the_other_points_still_read() {
+    let dir = harness::temp_dir();
+    let (_line, _slaves, gw) = rtu_setup(dir.path(), EXCEPTION_GROUP);
+    let group = |r: &Value| header(r, "modbus.group") == Some("with_bad_address");
+    wait_for("a record of the group", Duration::from_secs(20), || {
+        records(&gw, "u3").iter().any(group)
+    });
+    let record = records(&gw, "u3").into_iter().find(group).unwrap();
+    let value: Value = serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        value,
+        json!({"good": 1003, "missing": null, "quality": {"missing": "exception:2"}})
+    );
+    assert!(gw.metric("tidewell_modbus_exceptions_total{device=\"u3\",code=\"2\"}") >= 1.0);
+    assert!(
+        gw.status()["modbus"]["buses"][0]["devices"][2]["exceptions"]["2"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        gw.metric("tidewell_modbus_backoff{device=\"u3\"}"),
+        0.0,
+        "an exception is an answer: no backoff"
+    );
+}
+
+const DEADBAND_GROUP: &str = r#"
+[[modbus.buses.devices.groups]]
+name = "level"
+interval_ms = 100
+[[modbus.buses.devices.groups.points]]
+name = "level"
+kind = "holding_register"
+address = 40
+deadband = 5.0
+max_interval_ms = 3000
+"#;
+
+#[test]
+fn a_deadband_holds_small_moves_until_the_max_interval_and_passes_large_ones_at_once() {
+    let dir = harness::temp_dir();
+    let (_line, mut slaves, gw) = rtu_setup(dir.path(), DEADBAND_GROUP);
+    let levels = |gw: &Gateway| -> Vec<Value> {
+        records(gw, "u3")
+            .into_iter()
+            .filter(|r| header(r, "modbus.group") == Some("level"))
+            .collect()
+    };
+    wait_for("the first level record", Duration::from_secs(20), || {
+        !levels(&gw).is_empty()
+    });
+    let first = Instant::now();
+    slaves.command("set 3 40 103");
+    let polls = || gw.metric("tidewell_modbus_suppressed_total{device=\"u3\"}");
+    let held = polls();
+    wait_for("polls held by the deadband", Duration::from_secs(5), || {
+        polls() >= held + 5.0
+    });
+    assert_eq!(
+        levels(&gw).len(),
+        1,
+        "a move of 3 inside the deadband of 5 makes no record"
+    );
+    slaves.command("set 3 40 110");
+    let moved = Instant::now();
+    wait_for(
+        "the record of the large move",
+        Duration::from_secs(2),
+        || levels(&gw).len() == 2,
+    );
+    assert!(
+        moved.elapsed() < Duration::from_millis(1500)
+            && first.elapsed() < Duration::from_millis(2900),
+        "sent at once, not by the max interval"
+    );
+    let value: Value = serde_json::from_str(levels(&gw)[1]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(value, json!({"level": 110}));
+    wait_for("the max-interval record", Duration::from_secs(6), || {
+        levels(&gw).len() == 3
+    });
+    assert!(
+        moved.elapsed() >= Duration::from_millis(2900),
+        "no record before the max interval"
+    );
+}
+
+#[test]
+fn sigkill_while_polling_leaves_a_clean_log_and_polling_resumes_after_restart() {
+    let dir = harness::temp_dir();
+    let (_line, _slaves, gw) = rtu_setup(dir.path(), "");
+    wait_for("records", Duration::from_secs(20), || {
+        records(&gw, "u2").len() >= 5
+    });
+    let data_dir = gw.data_dir();
+    gw.kill();
+    let report: Value = serde_json::from_str(&harness::verify_json(&data_dir)).unwrap();
+    assert_eq!(report["ok"], true, "verify after SIGKILL: {report}");
+    let count = harness::dump(&data_dir).len();
+    let config = std::fs::read_to_string(dir.path().join("tidewell.toml")).unwrap();
+    let gw = Gateway::start(dir.path(), &config);
+    wait_for("polling after the restart", Duration::from_secs(20), || {
+        gw.dump().len() >= count + 5
+    });
+}
+
+#[test]
+fn a_modbus_tcp_server_is_polled_like_an_rtu_bus() {
+    let dir = harness::temp_dir();
+    let port = harness::free_port();
+    let _slaves = Slaves::start(&["tcp", &port.to_string()]);
+    let bus = bus_head("tcp", &format!("address = \"127.0.0.1:{port}\""));
+    let gw = Gateway::start(
+        dir.path(),
+        &three_devices(dir.path(), &bus, EXCEPTION_GROUP),
+    );
+    wait_for("records of u1 and u3", Duration::from_secs(20), || {
+        !records(&gw, "u1").is_empty() && records(&gw, "u3").len() >= 2
+    });
+    assert_eq!(payloads(&gw, "u1")[0], expected_all_types(1));
+    assert!(payloads(&gw, "u3")
+        .contains(&json!({"good": 1003, "missing": null, "quality": {"missing": "exception:2"}})));
+}
+
+#[test]
+fn rtu_frames_through_a_tcp_serial_server_are_polled() {
+    let dir = harness::temp_dir();
+    let port = harness::free_port();
+    let _slaves = Slaves::start(&["rtutcp", &port.to_string()]);
+    let bus = bus_head("rtu_over_tcp", &format!("address = \"127.0.0.1:{port}\""));
+    let gw = Gateway::start(dir.path(), &three_devices(dir.path(), &bus, ""));
+    wait_for("records of u1 and u2", Duration::from_secs(20), || {
+        !records(&gw, "u1").is_empty() && !records(&gw, "u2").is_empty()
+    });
+    assert_eq!(payloads(&gw, "u1")[0], expected_all_types(1));
+    assert_eq!(payloads(&gw, "u2")[0], json!({"id": 50002}));
+}
+
+#[test]
+fn a_full_log_under_reject_new_pauses_polling_and_says_so() {
+    let dir = harness::temp_dir();
+    let port = harness::free_port();
+    let _slaves = Slaves::start(&["tcp", &port.to_string()]);
+    let bus = bus_head("tcp", &format!("address = \"127.0.0.1:{port}\""));
+    let config = three_devices(dir.path(), &bus, "").replace(
+        "[mqtt]",
+        "[topics.ingest]\nretention_bytes = 16384\nwhen_full = \"reject_new\"\nmax_segment_bytes = 4096\n[mqtt]",
+    );
+    let gw = Gateway::start(dir.path(), &config);
+    wait_for(
+        "polling paused by the full log",
+        Duration::from_secs(60),
+        || gw.metric("tidewell_modbus_bus_paused{bus=\"line1\"}") == 1.0,
+    );
+    let status = gw.status();
+    let paused = status["modbus"]["buses"][0]["paused"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(paused.contains("full"), "status says why: {paused:?}");
+    assert!(gw.metric("tidewell_modbus_log_full_pauses_total") >= 1.0);
+    assert!(gw.stderr_contains("polling paused"), "the log says so");
+    // Paused means paused: polls stop while the log is full.
+    let polls = gw.metric("tidewell_modbus_polls_total");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        gw.metric("tidewell_modbus_polls_total") <= polls + 3.0,
+        "polling goes on at full rate while the log refuses"
+    );
+}
+
+#[test]
+fn config_check_names_the_key_paths_of_modbus_mistakes() {
+    let dir = harness::temp_dir();
+    let bad = format!(
+        "{data}[[modbus.buses]]\nname = \"b\"\ntransport = \"rtu\"\npath = \"/dev/null\"\nbaud = 9600\n{d}[[modbus.buses.devices.groups]]\nname = \"g\"\ninterval_ms = 10\n{points}",
+        data = harness::data_dir_line(dir.path()),
+        d = device("d", 1),
+        points = "[[modbus.buses.devices.groups.points]]\nname = \"a\"\nkind = \"holding_register\"\naddress = 0\ntype = \"uint32\"\n\
+                  [[modbus.buses.devices.groups.points]]\nname = \"b\"\nkind = \"holding_register\"\naddress = 1\n\
+                  [[modbus.buses.devices.groups.points]]\nname = \"c\"\nkind = \"holding_register\"\naddress = 65535\ntype = \"float32\"\n\
+                  [[modbus.buses.devices.groups.points]]\nname = \"s\"\nkind = \"input_register\"\naddress = 0\ntype = \"string\"\nlength = 300\n",
+    );
+    let path = harness::write_config(dir.path(), &bad);
+    let out = harness::tidewell(
+        &["config", "check", "--config", path.to_str().unwrap()],
+        None,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    for needle in [
+        "modbus.buses[0].devices[0].groups[0].points[1].address: overlaps point \"a\"",
+        "modbus.buses[0].devices[0].groups[0].points[2].address",
+        "modbus.buses[0].devices[0].groups[0].points[3].length",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+    let slow = format!(
+        "{data}[[modbus.buses]]\nname = \"b\"\ntransport = \"rtu\"\npath = \"/dev/null\"\nbaud = 9600\n{d}[[modbus.buses.devices.groups]]\nname = \"g\"\ninterval_ms = 10\n[[modbus.buses.devices.groups.points]]\nname = \"a\"\nkind = \"holding_register\"\naddress = 0\n",
+        data = harness::data_dir_line(dir.path()),
+        d = device("d", 1),
+    );
+    let path = harness::write_config(dir.path(), &slow);
+    let out = harness::tidewell(
+        &["config", "check", "--config", path.to_str().unwrap()],
+        None,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "modbus.buses[0].devices[0].groups[0].interval_ms: the bus cannot serve its groups"
+        ),
+        "{text}"
+    );
+}
