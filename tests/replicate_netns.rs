@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use harness::tansu::Broker;
 use harness::{run, wait_until, Gateway, Launch};
-use kafka::{by_key, consume_all, drained, status};
+use kafka::{by_key, consume_all, drained, record_count, status};
 
 const REMOTE: &str = "gw-netns.ingest";
 
@@ -256,9 +256,16 @@ fn cut_link_longer_than_the_request_timeout_then_replication_resumes_by_itself()
             count("sessions") > sessions,
             "round {round}: the cut rebuilt the session"
         );
+        // Every record is upstream (drained): as many records as were
+        // published means not one of them twice.
+        let upstream = record_count(&broker.bootstrap(), REMOTE, 0);
         eprintln!(
-            "cut {round}: {total} records drained ({:?})",
+            "cut {round}: {total} records drained, {upstream} upstream ({:?})",
             started.elapsed()
+        );
+        assert_eq!(
+            upstream, total as i64,
+            "round {round}: duplicates after a link cut"
         );
     }
     let records = consume_all(&broker.bootstrap(), REMOTE, 1);

@@ -87,6 +87,22 @@ fn decode_tw(v: &[u8]) -> (String, u32, u64) {
     (texts.pop().unwrap(), partition, offset)
 }
 
+/// How many records `topic`'s partition holds (high minus low watermark).
+pub fn record_count(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let (low, high) = (0..6)
+        .find_map(|_| {
+            consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no watermarks for {topic}/{partition} within 60 s"));
+    high - low
+}
+
 /// Every record of `topic` (all `partitions`), with rdkafka.
 pub fn consume_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Upstream> {
     consume_all_with(bootstrap, topic, partitions, &[])
