@@ -50,6 +50,8 @@ pub struct Config {
     pub mqtt: crate::ingest::mqtt::MqttConfig,
     /// Serial ports (`[[serial.ports]]`, see `serial::config`); none by default.
     pub serial: crate::ingest::serial::SerialConfig,
+    /// The systemd journal (`[journal]`, see `journal::config`); off by default.
+    pub journal: crate::ingest::journal::JournalConfig,
     /// The observability endpoint (`[http]`); loopback by default.
     pub http: crate::observe::HttpConfig,
     /// This gateway's name upstream (default: `/etc/machine-id`, else the
@@ -68,6 +70,7 @@ impl Default for Config {
             topics: BTreeMap::from([(DEFAULT_TOPIC.to_string(), TopicConfig::default())]),
             mqtt: crate::ingest::mqtt::MqttConfig::default(),
             serial: crate::ingest::serial::SerialConfig::default(),
+            journal: crate::ingest::journal::JournalConfig::default(),
             http: crate::observe::HttpConfig::default(),
             gateway_id: None,
             upstream: None,
@@ -115,6 +118,12 @@ impl Config {
             problems.extend(self.unknown_mqtt_topics(&topics));
         }
         problems.extend(self.serial.validate(&topics).err());
+        let partitions: Vec<(&str, u32)> = self
+            .topics
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.partitions))
+            .collect();
+        problems.extend(self.journal.validate(&partitions).err());
         if let Some(upstream) = &self.upstream {
             problems.extend(upstream.validate(&topics).err());
         }

@@ -27,9 +27,13 @@ use signals::StopSignals;
 
 /// Every configured source, in start order. A new source is one entry here.
 fn sources(config: &Config) -> impl Iterator<Item = Box<dyn Source>> {
-    [config.serial.source(), config.mqtt.source()]
-        .into_iter()
-        .flatten()
+    [
+        config.serial.source(),
+        config.mqtt.source(),
+        config.journal.source(),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Why the gateway did not start.
