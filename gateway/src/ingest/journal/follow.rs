@@ -68,9 +68,17 @@ pub fn args(config: &JournalConfig, resume: Option<&Cursor>) -> Vec<String> {
     if let Some(dir) = &config.directory {
         args.push(format!("--directory={}", dir.display()));
     }
-    if config.current_boot_only {
-        args.push("--boot".into());
-    }
+    // journalctl 252's --follow implies --boot (the newest boot) unless
+    // --merge is given: resuming at a previous boot's cursor would skip the
+    // rest of that boot (its shutdown, everything while the gateway was down).
+    args.push(
+        if config.current_boot_only {
+            "--boot"
+        } else {
+            "--merge"
+        }
+        .into(),
+    );
     if let Some(p) = config.max_priority {
         args.push(format!("--priority=0..{p}"));
     }
