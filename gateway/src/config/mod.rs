@@ -52,6 +52,8 @@ pub struct Config {
     pub serial: crate::ingest::serial::SerialConfig,
     /// The systemd journal (`[journal]`, see `journal::config`); off by default.
     pub journal: crate::ingest::journal::JournalConfig,
+    /// The syslog listener (`[syslog]`, see `syslog::config`); off by default.
+    pub syslog: crate::ingest::syslog::SyslogConfig,
     /// The observability endpoint (`[http]`); loopback by default.
     pub http: crate::observe::HttpConfig,
     /// This gateway's name upstream (default: `/etc/machine-id`, else the
@@ -71,6 +73,7 @@ impl Default for Config {
             mqtt: crate::ingest::mqtt::MqttConfig::default(),
             serial: crate::ingest::serial::SerialConfig::default(),
             journal: crate::ingest::journal::JournalConfig::default(),
+            syslog: crate::ingest::syslog::SyslogConfig::default(),
             http: crate::observe::HttpConfig::default(),
             gateway_id: None,
             upstream: None,
@@ -124,6 +127,7 @@ impl Config {
             .map(|(n, t)| (n.as_str(), t.partitions))
             .collect();
         problems.extend(self.journal.validate(&partitions).err());
+        problems.extend(self.syslog.validate(&topics).err());
         if let Some(upstream) = &self.upstream {
             problems.extend(upstream.validate(&topics).err());
         }

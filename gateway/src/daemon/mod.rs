@@ -31,6 +31,7 @@ fn sources(config: &Config) -> impl Iterator<Item = Box<dyn Source>> {
         config.serial.source(),
         config.mqtt.source(),
         config.journal.source(),
+        config.syslog.source(),
     ]
     .into_iter()
     .flatten()

@@ -42,6 +42,7 @@
 pub mod journal;
 pub mod mqtt;
 pub mod serial;
+pub mod syslog;
 
 use std::future::Future;
 use std::net::SocketAddr;
