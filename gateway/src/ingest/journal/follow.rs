@@ -141,11 +141,15 @@ async fn follow(mut child: Child, config: &JournalConfig, pipeline: &mut Pipelin
     let _abort =
         crate::ingest::serial::AbortOnDrop(vec![reader.abort_handle(), stderr_task.abort_handle()]);
     pipeline.restarted();
-    while let Some(entries) = rx.recv().await {
-        if let Err(e) = pipeline.handle(entries).await {
-            return match e {
-                PipelineError::Fatal(e) => e,
-            };
+    while let Some(mut entries) = rx.recv().await {
+        // Whatever queued while the last append was made goes into the next.
+        while let Ok(more) = rx.try_recv() {
+            entries.extend(more);
+        }
+        if let Err(PipelineError::Fatal(why) | PipelineError::Rewind(why)) =
+            pipeline.handle(entries).await
+        {
+            return why;
         }
     }
     let read = match reader.await {

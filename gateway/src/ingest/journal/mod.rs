@@ -122,3 +122,11 @@ impl Source for JournalSource {
         })
     }
 }
+
+/// journalctl's arguments for `config` reading `directory` from its start
+/// (`tidewell bench journal` times exactly these).
+pub fn follow_args(config: &JournalConfig, directory: &std::path::Path) -> Vec<String> {
+    let mut config = config.clone();
+    config.directory = Some(directory.to_path_buf());
+    follow::args(&config, None)
+}

@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::cursor::{Cursor, H_CURSOR};
 use super::export::{Entry, Wanted};
 use super::{JournalConfig, JournalStats};
-use crate::log::{now_ms, AppendError, AppendTicket, Log, Partition, Record};
+use crate::log::{now_ms, AppendError, Log, Partition, Record};
 
 pub const H_REALTIME: &str = "journal.realtime_us";
 pub const H_MONOTONIC: &str = "journal.monotonic_us";
@@ -27,8 +26,6 @@ pub const H_GAP: &str = "journal.gap";
 
 /// Payload bytes per append, at most (well under the log's limit).
 const APPEND_BYTES: usize = 1 << 20;
-/// Appends awaited concurrently: the bound on entries in flight.
-const TICKETS_IN_FLIGHT: usize = 16;
 /// How long an append refused for a full topic waits before it tries again.
 const FULL_RETRY: Duration = Duration::from_secs(1);
 
@@ -36,6 +33,10 @@ const FULL_RETRY: Duration = Duration::from_secs(1);
 pub enum PipelineError {
     #[error("{0}")]
     Fatal(String),
+    /// An append was refused after it was queued (the topic is full under
+    /// `reject_new`): read again from the newest durable entry.
+    #[error("{0}")]
+    Rewind(String),
 }
 
 /// Which fields the parser keeps for `config`.
@@ -61,7 +62,8 @@ pub struct Pipeline {
     first: bool,
     /// A gap to record in the next appended record.
     gap: Option<String>,
-    tickets: mpsc::Sender<(AppendTicket, u64, u64, String)>,
+    /// The newest entry known durable.
+    durable: Option<Cursor>,
     fatal: Option<String>,
 }
 
@@ -72,8 +74,6 @@ impl Pipeline {
         stats: Arc<JournalStats>,
         resume: Option<Cursor>,
     ) -> Pipeline {
-        let (tx, rx) = mpsc::channel(TICKETS_IN_FLIGHT);
-        tokio::spawn(await_tickets(rx, stats.clone()));
         let bucket = (config.rate_limit_per_s > 0)
             .then(|| TokenBucket::new(config.rate_limit_per_s, config.rate_limit_burst));
         Pipeline {
@@ -83,10 +83,10 @@ impl Pipeline {
             fields: config.fields.clone(),
             exclude_units: config.exclude_units.iter().cloned().collect(),
             bucket,
-            last: resume,
+            last: resume.clone(),
             first: true,
             gap: None,
-            tickets: tx,
+            durable: resume,
             fatal: None,
         }
     }
@@ -164,7 +164,10 @@ impl Pipeline {
     /// journalctl was started at the stored cursor but did not print that
     /// entry first: the journal no longer has it.
     fn note_gap(&mut self, last: &Cursor, first: &Cursor) {
-        let lost = (last.seqnum_id == first.seqnum_id).then(|| first.seqnum - last.seqnum - 1);
+        let lost = gap_size(last, first);
+        if lost == Some(0) {
+            return; // the stored entry went, but nothing after it did
+        }
         self.stats.gaps.fetch_add(1, Ordering::Relaxed);
         self.stats
             .gap_entries
@@ -219,11 +222,7 @@ impl Pipeline {
     async fn append(&mut self, mut records: Vec<Record>) -> Result<(), PipelineError> {
         let count = records.len() as u64;
         let bytes: u64 = records.iter().map(|r| r.payload_len() as u64).sum();
-        let cursor = records
-            .last()
-            .and_then(super::cursor::record_cursor)
-            .map(|c| c.text)
-            .unwrap_or_default();
+        let newest = records.last().and_then(super::cursor::record_cursor);
         let ticket = loop {
             match self.log.try_append(&self.topic, Partition(0), records) {
                 Ok(ticket) => break ticket,
@@ -245,28 +244,52 @@ impl Pipeline {
                 }
             }
         };
-        let _ = self.tickets.send((ticket, count, bytes, cursor)).await;
-        Ok(())
+        self.settle(ticket.await, newest, count, bytes)
     }
-}
 
-async fn await_tickets(
-    mut rx: mpsc::Receiver<(AppendTicket, u64, u64, String)>,
-    stats: Arc<JournalStats>,
-) {
-    while let Some((ticket, count, bytes, cursor)) = rx.recv().await {
-        match ticket.await {
+    /// Counts a resolved append; on a refusal the entries since the newest
+    /// durable one are read again (journalctl restarts there).
+    fn settle(
+        &mut self,
+        result: crate::log::ticket::AppendResult,
+        newest: Option<Cursor>,
+        count: u64,
+        bytes: u64,
+    ) -> Result<(), PipelineError> {
+        match result {
             Ok(_) => {
-                stats.entries_appended.fetch_add(count, Ordering::Relaxed);
-                stats.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
-                stats.update(|s| s.durable_cursor = Some(cursor));
+                self.stats
+                    .entries_appended
+                    .fetch_add(count, Ordering::Relaxed);
+                self.stats
+                    .bytes_appended
+                    .fetch_add(bytes, Ordering::Relaxed);
+                let cursor = newest.as_ref().map(|c| c.text.clone());
+                self.durable = newest.or(self.durable.take());
+                self.stats.update(|s| s.durable_cursor = cursor);
+                Ok(())
+            }
+            Err(AppendError::QuotaExceeded { topic, .. }) => {
+                self.stats.append_waits.fetch_add(1, Ordering::Relaxed);
+                self.last = self.durable.clone();
+                Err(PipelineError::Rewind(format!(
+                    "topic {topic:?} is full (reject_new): waiting, then reading again from the newest durable entry"
+                )))
             }
             Err(e) => {
-                stats.append_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("journal: {count} entries not durable: {e}");
+                self.stats.append_failures.fetch_add(1, Ordering::Relaxed);
+                let why = format!("an append failed: {e}");
+                self.fatal = Some(why.clone());
+                Err(PipelineError::Fatal(why))
             }
         }
     }
+}
+
+/// Entries lost between the stored entry and the first one journalctl gave
+/// instead: known only within one seqnum id (`first` is newer: not covered).
+pub fn gap_size(last: &Cursor, first: &Cursor) -> Option<u64> {
+    (last.seqnum_id == first.seqnum_id).then(|| first.seqnum.saturating_sub(last.seqnum + 1))
 }
 
 /// `rate` tokens a second, at most `burst` saved up.
@@ -303,6 +326,14 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_is_sized_within_one_seqnum_id_only() {
+        let c = |t: &str| Cursor::parse(t).unwrap();
+        assert_eq!(gap_size(&c("s=a;i=10"), &c("s=a;i=15")), Some(4));
+        assert_eq!(gap_size(&c("s=a;i=10"), &c("s=a;i=11")), Some(0));
+        assert_eq!(gap_size(&c("s=a;i=10"), &c("s=b;i=1")), None);
+    }
 
     #[test]
     fn the_bucket_allows_a_burst_then_the_rate() {

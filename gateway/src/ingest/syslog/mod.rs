@@ -313,6 +313,12 @@ async fn await_tickets(mut rx: mpsc::Receiver<(AppendTicket, u64, u64)>, stats: 
                 stats.records_appended.fetch_add(count, Ordering::Relaxed);
                 stats.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
             }
+            Err(AppendError::QuotaExceeded { topic, .. }) => {
+                stats.dropped_log_full.fetch_add(count, Ordering::Relaxed);
+                if !stats.full_reported.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(topic, "syslog: topic full under reject_new: dropping messages (counted in tidewell_syslog_dropped_log_full_total)");
+                }
+            }
             Err(e) => {
                 stats.append_failures.fetch_add(count, Ordering::Relaxed);
                 tracing::warn!("syslog: {count} messages not durable: {e}");
