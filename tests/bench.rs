@@ -135,3 +135,10 @@ fn bench_replicate_runs_against_tansu_and_confluent_kafka() {
     let out = bench(dir.path(), &["replicate", "--records", "2000"]);
     printed(&out, &["records/s", "confluent-kafka"]);
 }
+
+#[test]
+fn bench_journal_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path(), &["journal", "--entries", "3000"]);
+    printed(&out, &["entries/s", "journalctl -o export", "peak RSS"]);
+}

@@ -125,6 +125,8 @@ enum BenchCommand {
     Open(crate::bench::open::OpenArgs),
     /// Drain of 1M records to a Kafka-API broker, against confluent-kafka's producer.
     Replicate(crate::bench::replicate::ReplicateBenchArgs),
+    /// Journal entries/s from a journal directory into the log, against journalctl's raw read rate.
+    Journal(crate::bench::journal::JournalBenchArgs),
     /// A reconnect storm of authenticated devices, and the memory of idle ones against Mosquitto.
     Connect(crate::bench::connect::ConnectBenchArgs),
     /// MQTT load (N clients x M messages): Tidewell (fsync always) against Mosquitto, or any broker.
@@ -191,6 +193,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Connect(args)) => {
             crate::bench::connect::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Journal(args)) => {
+            crate::bench::journal::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Log(args)) => {
             crate::bench::log::run(&args).map(|()| ExitCode::SUCCESS)

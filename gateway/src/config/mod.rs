@@ -52,6 +52,10 @@ pub struct Config {
     pub serial: crate::ingest::serial::SerialConfig,
     /// Modbus buses to poll (`[[modbus.buses]]`, see `modbus::config`); none by default.
     pub modbus: crate::ingest::modbus::ModbusConfig,
+    /// The systemd journal (`[journal]`, see `journal::config`); off by default.
+    pub journal: crate::ingest::journal::JournalConfig,
+    /// The syslog listener (`[syslog]`, see `syslog::config`); off by default.
+    pub syslog: crate::ingest::syslog::SyslogConfig,
     /// The observability endpoint (`[http]`); loopback by default.
     pub http: crate::observe::HttpConfig,
     /// This gateway's name upstream (default: `/etc/machine-id`, else the
@@ -71,6 +75,8 @@ impl Default for Config {
             mqtt: crate::ingest::mqtt::MqttConfig::default(),
             serial: crate::ingest::serial::SerialConfig::default(),
             modbus: crate::ingest::modbus::ModbusConfig::default(),
+            journal: crate::ingest::journal::JournalConfig::default(),
+            syslog: crate::ingest::syslog::SyslogConfig::default(),
             http: crate::observe::HttpConfig::default(),
             gateway_id: None,
             upstream: None,
@@ -119,6 +125,13 @@ impl Config {
         }
         problems.extend(self.serial.validate(&topics).err());
         problems.extend(self.modbus.validate(&topics));
+        let partitions: Vec<(&str, u32)> = self
+            .topics
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.partitions))
+            .collect();
+        problems.extend(self.journal.validate(&partitions).err());
+        problems.extend(self.syslog.validate(&topics).err());
         if let Some(upstream) = &self.upstream {
             problems.extend(upstream.validate(&topics).err());
         }

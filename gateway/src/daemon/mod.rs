@@ -31,6 +31,8 @@ fn sources(config: &Config) -> impl Iterator<Item = Box<dyn Source>> {
         config.serial.source(),
         config.modbus.source(),
         config.mqtt.source(),
+        config.journal.source(),
+        config.syslog.source(),
     ]
     .into_iter()
     .flatten()

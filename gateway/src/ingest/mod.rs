@@ -39,9 +39,11 @@
 //! section in [`crate::config::Config`], and one entry in the list of
 //! sources the gateway starts (`daemon::sources`).
 
+pub mod journal;
 pub mod modbus;
 pub mod mqtt;
 pub mod serial;
+pub mod syslog;
 
 use std::future::Future;
 use std::net::SocketAddr;
