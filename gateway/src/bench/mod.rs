@@ -75,6 +75,59 @@ pub fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A child process killed (and reaped) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A socat pseudo-terminal pair in `dir`: the gateway's end (`ttyGW`) and
+/// the device's end (`ttyDEV`), both there when this returns.
+pub fn pty_pair(
+    dir: &std::path::Path,
+) -> anyhow::Result<(KillOnDrop, std::path::PathBuf, std::path::PathBuf)> {
+    let (gw_end, dev_end) = (dir.join("ttyGW"), dir.join("ttyDEV"));
+    let socat = KillOnDrop(
+        std::process::Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", gw_end.display()))
+            .arg(format!("pty,raw,echo=0,link={}", dev_end.display()))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting socat (apt-get install socat)")?,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(gw_end.exists() && dev_end.exists()) {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("socat made no pseudo-terminals in {}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20)); // socat has no ready signal
+    }
+    Ok((socat, gw_end, dev_end))
+}
+
+/// User plus system CPU time of a process so far (`/proc/PID/stat`).
+#[allow(unsafe_code)] // audited: see the SAFETY comment inside
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((field(11) + field(12)) / per_second)
+}
+
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }

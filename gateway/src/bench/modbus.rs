@@ -19,10 +19,10 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 
 use crate::ingest::modbus::frame::{self, Answer};
@@ -124,9 +124,10 @@ impl Run {
     }
 }
 
-struct KillOnDrop(Child);
+/// The gateway, stopped cleanly (SIGTERM) when dropped.
+struct StopOnDrop(Child);
 
-impl Drop for KillOnDrop {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
         super::stop(&mut self.0);
     }
@@ -140,16 +141,7 @@ fn measure(
     seconds: u64,
 ) -> anyhow::Result<Run> {
     std::fs::create_dir_all(dir)?;
-    let (gw_end, dev_end) = (dir.join("ttyGW"), dir.join("ttyDEV"));
-    let _socat = KillOnDrop(
-        Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", gw_end.display()))
-            .arg(format!("pty,raw,echo=0,link={}", dev_end.display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting socat (apt-get install socat)")?,
-    );
-    wait_for(|| gw_end.exists() && dev_end.exists())?;
+    let (_socat, gw_end, dev_end) = super::pty_pair(dir)?;
     let port = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -162,14 +154,17 @@ fn measure(
         &config,
         gateway_config(dir, &gw_end, http, baud, args, interval_ms),
     )?;
-    let gateway = KillOnDrop(super::start_gateway(&config)?.0);
+    let gateway = StopOnDrop(super::start_gateway(&config)?.0);
     // Warm up: the first polls open the log's segment and the port.
     wait_for(|| polls(http).is_ok_and(|p| p >= f64::from(args.slaves) * 2.0))?;
-    let (polls_before, cpu_before, start) =
-        (polls(http)?, cpu_seconds(gateway.0.id())?, Instant::now());
+    let (polls_before, cpu_before, start) = (
+        polls(http)?,
+        super::cpu_seconds(gateway.0.id())?,
+        Instant::now(),
+    );
     std::thread::sleep(Duration::from_secs(seconds.max(1)));
     let polls_after = polls(http)?;
-    let cpu_s = cpu_seconds(gateway.0.id())? - cpu_before;
+    let cpu_s = super::cpu_seconds(gateway.0.id())? - cpu_before;
     Ok(Run {
         polls: polls_after - polls_before,
         cpu_s,
@@ -263,25 +258,6 @@ fn polls(http: u16) -> anyhow::Result<f64> {
         .filter(|l| l.starts_with("tidewell_modbus_polls_total{"))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .sum())
-}
-
-/// User plus system CPU time of a process so far (`/proc/PID/stat`).
-#[allow(unsafe_code)] // audited: see the SAFETY comment inside
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((field(11) + field(12)) / per_second)
 }
 
 #[cfg(test)]

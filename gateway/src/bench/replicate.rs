@@ -18,7 +18,7 @@
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ use crate::log::{
 use crate::replicate::client::producer_settings;
 use crate::replicate::config::UpstreamCompression;
 use crate::replicate::UpstreamConfig;
+
+use super::KillOnDrop;
 
 #[derive(Args, Debug, Clone)]
 pub struct ReplicateBenchArgs {
@@ -105,15 +107,6 @@ fn run_in(args: &ReplicateBenchArgs, root: &Path) -> anyhow::Result<()> {
     println!("(ratio = reference time / tidewell time; above 1 means Tidewell is faster)");
     drop(broker);
     Ok(())
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn start_tansu(root: &Path, partitions: u32) -> anyhow::Result<(KillOnDrop, String)> {

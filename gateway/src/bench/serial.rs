@@ -4,10 +4,9 @@
 //! `baud / 10 / 16` sixteen-byte readings a second; and the gateway's CPU.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 
 #[derive(Args, Debug, Clone)]
@@ -37,33 +36,13 @@ pub fn run(args: &SerialBenchArgs) -> anyhow::Result<()> {
     result
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn measure(dir: &Path, baud: u32, seconds: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let (gw_end, dev_end) = (dir.join("ttyGW"), dir.join("ttyDEV"));
-    let _socat = KillOnDrop(
-        Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", gw_end.display()))
-            .arg(format!("pty,raw,echo=0,link={}", dev_end.display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting socat (apt-get install socat)")?,
-    );
-    wait_until(Duration::from_secs(10), || {
-        gw_end.exists() && dev_end.exists()
-    })?;
-    let gateway = KillOnDrop(start_gateway(dir, &gw_end)?);
+    let (_socat, gw_end, dev_end) = super::pty_pair(dir)?;
+    let gateway = super::KillOnDrop(start_gateway(dir, &gw_end)?);
     let line_max = f64::from(baud) / 10.0 / READING_BYTES;
     let count = (line_max * seconds as f64) as u64;
-    let cpu_before = cpu_seconds(gateway.0.id())?;
+    let cpu_before = super::cpu_seconds(gateway.0.id())?;
     let out = Command::new(std::env::current_exe()?)
         .args(["sim", "serial", "--port"])
         .arg(&dev_end)
@@ -85,7 +64,7 @@ fn measure(dir: &Path, baud: u32, seconds: u64) -> anyhow::Result<()> {
             &(seconds * 3 + 10).to_string(),
         ])
         .output()?;
-    let cpu = cpu_seconds(gateway.0.id())? - cpu_before;
+    let cpu = super::cpu_seconds(gateway.0.id())? - cpu_before;
     if !out.status.success() {
         bail!("simulator failed: {}", String::from_utf8_lossy(&out.stdout));
     }
@@ -117,36 +96,4 @@ fn start_gateway(dir: &Path, port: &Path) -> anyhow::Result<Child> {
         ),
     )?;
     Ok(super::start_gateway(&config)?.0)
-}
-
-/// User plus system CPU time of a process so far.
-#[allow(unsafe_code)] // audited: see the SAFETY comment inside
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / per_second)
-}
-
-fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        if Instant::now() > deadline {
-            bail!("timed out");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }

@@ -154,6 +154,8 @@ impl Runner {
         if !self.failed_sessions_gone() {
             return false;
         }
+        // Whatever comes of it, the status changes (state, errors, counts).
+        self.status_dirty = true;
         self.session += 1;
         self.upstream.set(UpstreamState::Connecting, now_ms());
         match self.connect() {
@@ -462,6 +464,7 @@ impl Runner {
     }
 
     fn schedule_retry(&mut self, e: UpstreamError) {
+        self.status_dirty = true;
         self.failures = self.failures.saturating_add(1);
         let cfg = &self.config;
         let exp = self.failures.saturating_sub(1).min(20);
