@@ -362,48 +362,85 @@ fn three_rtu_slaves_on_one_bus_read_back_every_type_and_order_scaled() {
     );
 }
 
+/// The gateway's monotonic clock when it polled for `record`.
+fn monotonic_ms(record: &Value) -> u64 {
+    header(record, "modbus.monotonic_ms")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Gaps between consecutive polls of `device` (from the records' monotonic
+/// headers) among those polled at `since_ms` or later.
+fn gaps_since(gw: &Gateway, device: &str, since_ms: u64) -> Vec<u64> {
+    let at: Vec<u64> = records(gw, device)
+        .iter()
+        .map(monotonic_ms)
+        .filter(|&t| t >= since_ms)
+        .collect();
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
 #[test]
 fn a_slave_that_stops_answering_is_counted_and_the_others_keep_their_intervals() {
     let dir = harness::temp_dir();
     let (_line, mut slaves, gw) = rtu_setup(dir.path(), "");
     wait_for("first records", Duration::from_secs(20), || {
-        !records(&gw, "u3").is_empty()
+        ["u1", "u2", "u3"]
+            .iter()
+            .all(|d| !records(&gw, d).is_empty())
     });
-    slaves.command("stop 2");
-    wait_for("timeouts of u2", Duration::from_secs(10), || {
-        gw.metric("tidewell_modbus_errors_total{device=\"u2\",error=\"timeout\"}") >= 4.0
+    // u1's group takes four requests; a silent u1 must cost the bus one
+    // timed-out request (and its retry) per poll, not four.
+    slaves.command("stop 1");
+    let silent = |r: &Value| {
+        let payload: Value = serde_json::from_str(r["payload"].as_str().unwrap()).unwrap();
+        payload.get("quality").is_some()
+    };
+    wait_for("three silent polls of u1", Duration::from_secs(20), || {
+        records(&gw, "u1").iter().filter(|r| silent(r)).count() >= 3
     });
-    let start = Instant::now();
-    let before: Vec<usize> = ["u1", "u3"].iter().map(|d| records(&gw, d).len()).collect();
-    std::thread::sleep(Duration::from_secs(4));
-    let after: Vec<usize> = ["u1", "u3"].iter().map(|d| records(&gw, d).len()).collect();
-    let secs = start.elapsed().as_secs_f64();
-    let u1_rate = (after[0] - before[0]) as f64 / secs;
-    let u3_rate = (after[1] - before[1]) as f64 / secs;
+    let u1 = records(&gw, "u1");
+    let first_silent = u1.iter().find(|r| silent(r)).map(monotonic_ms).unwrap();
+    // One dead poll of u1 is 2 x 150 ms; four would be 1.2 s.
+    for (device, interval) in [("u2", 300), ("u3", 400)] {
+        let gaps = gaps_since(&gw, device, first_silent.saturating_sub(interval));
+        assert!(
+            gaps.len() >= 3,
+            "{device}: polls while u1 is silent: {gaps:?}"
+        );
+        let max = gaps.iter().max().copied().unwrap();
+        assert!(
+            max < interval + 700,
+            "{device} (every {interval} ms) waited {max} ms while u1 was silent: {gaps:?}"
+        );
+    }
+    let last: Value =
+        serde_json::from_str(u1.last().unwrap()["payload"].as_str().unwrap()).unwrap();
+    let quality = last["quality"].as_object().unwrap();
+    assert_eq!(
+        quality.len(),
+        expected_all_types(1).as_object().unwrap().len(),
+        "every point of a silent device has a quality, the unsent requests' too: {last}"
+    );
     assert!(
-        u1_rate >= 1.6 && u3_rate >= 2.0,
-        "u1 {u1_rate:.2}/s (wants 2), u3 {u3_rate:.2}/s (wants 2.5) while u2 is silent"
+        quality.values().all(|q| q == "timeout"),
+        "a silent device is a quality, not a gap: {last}"
     );
     assert_eq!(
-        gw.metric("tidewell_modbus_backoff{device=\"u2\"}"),
+        gw.metric("tidewell_modbus_backoff{device=\"u1\"}"),
         1.0,
-        "u2 is backed off"
-    );
-    let silent = payloads(&gw, "u2").into_iter().last().unwrap();
-    assert_eq!(
-        silent,
-        json!({"id": null, "quality": {"id": "timeout"}}),
-        "a silent device is a quality, not a gap"
+        "u1 is backed off"
     );
     let status = gw.status();
-    let u2 = &status["modbus"]["buses"][0]["devices"][1];
+    let u1_status = &status["modbus"]["buses"][0]["devices"][0];
     assert!(
-        u2["timeouts"].as_u64().unwrap() >= 4 && u2["backing_off"] == true,
-        "{u2}"
+        u1_status["timeouts"].as_u64().unwrap() >= 4 && u1_status["backing_off"] == true,
+        "{u1_status}"
     );
-    slaves.command("start 2");
-    wait_for("u2 answering again", Duration::from_secs(40), || {
-        payloads(&gw, "u2").last() == Some(&json!({"id": 50002}))
+    slaves.command("start 1");
+    wait_for("u1 answering again", Duration::from_secs(40), || {
+        payloads(&gw, "u1").last() == Some(&expected_all_types(1))
     });
 }
 

@@ -198,19 +198,34 @@ async fn poll(ctx: &BusCtx, link: &mut Link, s: &mut Schedule, gi: usize) -> io:
     let mut outcomes = vec![Outcome::Bad(Quality::NoConnection); group.points.len()];
     let mut answered = false;
     let mut failure = None;
-    for request in &s.groups[gi].requests {
+    let requests = &s.groups[gi].requests;
+    for (r, request) in requests.iter().enumerate() {
         match attempt(ctx, link, dstats, device.unit, request).await {
             Ok(answer) => {
                 answered = true;
                 fill(&group.points, request, &answer, &mut outcomes, dstats);
             }
             Err(RequestError::Io(e)) => {
+                // The rest keep their NoConnection outcome.
                 failure = Some(e);
                 break;
             }
             Err(e) => {
+                let bad = quality(&e);
                 for &i in &request.points {
-                    outcomes[i] = Outcome::Bad(quality(&e));
+                    outcomes[i] = Outcome::Bad(bad);
+                }
+                // A device that has not answered anything in this poll and
+                // now timed out is taken for gone: its other requests are
+                // not sent, so it does not hold the bus for a timeout (and
+                // its retries) per request.
+                if !answered && matches!(e, RequestError::Timeout(_)) {
+                    for rest in &requests[r + 1..] {
+                        for &i in &rest.points {
+                            outcomes[i] = Outcome::Bad(bad);
+                        }
+                    }
+                    break;
                 }
             }
         }
