@@ -230,7 +230,8 @@ fn deadband_problem(point: &PointConfig, numeric: bool) -> Option<(&'static str,
 }
 
 fn address_problem(point: &PointConfig) -> Option<(&'static str, String)> {
-    let end = point.address + u32::from(point.count());
+    // u64: an address near u32::MAX must not overflow (or wrap) here.
+    let end = u64::from(point.address) + u64::from(point.count());
     if end > 65_536 {
         let msg = format!(
             "addresses are 0 to 65535 (0-based protocol addresses); this point ends at {}",
@@ -250,8 +251,12 @@ fn overlaps(a: &PointConfig, b: &PointConfig) -> bool {
     if bits(a) && bits(b) {
         return a.address == b.address && a.bit == b.bit;
     }
-    let (a0, a1) = (a.address, a.address + u32::from(a.count()));
-    let (b0, b1) = (b.address, b.address + u32::from(b.count()));
+    // An earlier point may have an out-of-range address: u64, no overflow.
+    let span = |p: &PointConfig| {
+        let start = u64::from(p.address);
+        (start, start + u64::from(p.count()))
+    };
+    let ((a0, a1), (b0, b1)) = (span(a), span(b));
     a0 < b1 && b0 < a1
 }
 
@@ -360,6 +365,24 @@ mod tests {
                 format!("{at}[3].max_interval_ms")
             ]
         );
+    }
+
+    #[test]
+    fn an_address_near_u32_max_is_a_key_path_problem_not_an_overflow() {
+        let text = format!(
+            "{BUS}interval_ms = 1000\n{}{}",
+            point("a", "holding_register", 4_294_967_295, "type = \"float64\""),
+            point("b", "holding_register", 4_294_967_294, "type = \"uint32\"")
+        );
+        let found = problems(&text);
+        let at = "modbus.buses[0].devices[0].groups[0].points";
+        let keys: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![format!("{at}[0].address"), format!("{at}[1].address")],
+            "{found:?}"
+        );
+        assert!(found[0].1.contains("0 to 65535"), "{}", found[0].1);
     }
 
     #[test]
