@@ -185,6 +185,12 @@ fn point_problem(point: &PointConfig) -> Option<(&'static str, String)> {
             "a string needs length = 1 to 250 bytes (125 registers, one request)".into(),
         ));
     }
+    if t == DataType::String && point.order.swaps_words() {
+        return Some((
+            "order",
+            "a string's registers are in address order: \"ABCD\", or \"BADC\" to swap the bytes in each register".into(),
+        ));
+    }
     if point.length.is_some() && t != DataType::String {
         return Some(("length", "only for type = \"string\"".into()));
     }
@@ -383,6 +389,32 @@ mod tests {
             "{found:?}"
         );
         assert!(found[0].1.contains("0 to 65535"), "{}", found[0].1);
+    }
+
+    #[test]
+    fn word_swapping_orders_are_refused_on_strings() {
+        let string = |order: &str| {
+            format!(
+                "{BUS}interval_ms = 1000\n{}",
+                point(
+                    "s",
+                    "holding_register",
+                    0,
+                    &format!("type = \"string\"\nlength = 8\norder = \"{order}\"")
+                )
+            )
+        };
+        for order in ["CDAB", "DCBA"] {
+            let found = problems(&string(order));
+            assert_eq!(found.len(), 1, "{order}: {found:?}");
+            assert_eq!(
+                found[0].0,
+                "modbus.buses[0].devices[0].groups[0].points[0].order"
+            );
+        }
+        for order in ["ABCD", "BADC"] {
+            assert!(problems(&string(order)).is_empty(), "{order}");
+        }
     }
 
     #[test]
