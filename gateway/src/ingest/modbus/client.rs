@@ -147,7 +147,7 @@ impl Link {
                 let decoded = if self.rtu {
                     frame::rtu_decode(&self.buf, unit, function, expected)
                 } else {
-                    frame::tcp_decode(&self.buf, self.transaction, function, expected)
+                    frame::tcp_decode(&self.buf, self.transaction, unit, function, expected)
                 };
                 match decoded? {
                     Decoded::Partial => break,
