@@ -709,3 +709,38 @@ fn config_check_names_the_key_paths_of_modbus_mistakes() {
         "{text}"
     );
 }
+
+#[test]
+fn a_server_that_accepts_and_closes_is_reconnected_with_a_growing_delay() {
+    let dir = harness::temp_dir();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, accepts) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            // Accepted, then closed at once: nothing behind the server.
+            drop(stream);
+            if tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    });
+    let bus = bus_head("rtu_over_tcp", &format!("address = \"127.0.0.1:{port}\""));
+    let config = format!(
+        "{data}[mqtt]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n{bus}{u1}{g}",
+        data = harness::data_dir_line(dir.path()),
+        u1 = device("u1", 1),
+        g = ids_group(300),
+    );
+    let _gw = Gateway::start(dir.path(), &config);
+    // 250 ms doubling (+ up to 25%): the fifth connect comes >= 2 s after
+    // the fourth; a delay reset after every connect would make it ~0.3 s.
+    let at: Vec<Instant> = (0..5)
+        .map(|_| accepts.recv_timeout(Duration::from_secs(20)).unwrap())
+        .collect();
+    let gaps: Vec<u128> = at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    assert!(
+        gaps[3] >= 1500 && gaps[3] > gaps[0],
+        "gaps between connects (ms): {gaps:?}"
+    );
+}

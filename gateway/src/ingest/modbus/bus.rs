@@ -148,7 +148,7 @@ pub async fn run(ctx: Arc<BusCtx>) {
                 ctx.bus().connected.store(false, Ordering::Relaxed);
                 ctx.bus().reconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(bus = %ctx.config.name, "modbus bus lost ({e}); reconnecting");
-                delay = FIRST_RETRY;
+                delay = after_session(delay, link.answered());
                 reported = true;
             }
             Err(e) if !reported => {
@@ -439,7 +439,35 @@ fn refused(ctx: &BusCtx, s: &mut Schedule, gi: usize, e: &AppendError) {
     s.reschedule(gi, interval_ms);
 }
 
+/// The reconnect delay after a connection was lost: back to the first only
+/// if the link answered something. A server that accepts and then closes
+/// (a TCP serial server with nothing behind it) keeps backing off.
+fn after_session(delay: Duration, answered: bool) -> Duration {
+    if answered {
+        FIRST_RETRY
+    } else {
+        delay
+    }
+}
+
 /// Up to a quarter more, so many gateways do not retry in lockstep.
 fn jitter(delay: Duration) -> Duration {
     delay + delay.mul_f64(fastrand::f64() / 4.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconnect_delay_resets_only_after_an_answer() {
+        let mut delay = FIRST_RETRY;
+        // Connects that are closed before any answer: the delay keeps growing.
+        for _ in 0..3 {
+            delay = after_session(delay, false);
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+        assert_eq!(delay, FIRST_RETRY * 8);
+        assert_eq!(after_session(delay, true), FIRST_RETRY);
+    }
 }
