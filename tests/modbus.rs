@@ -249,7 +249,7 @@ address = 1
 
 fn bus_head(transport: &str, endpoint: &str) -> String {
     format!(
-        "[[modbus.buses]]\nname = \"line1\"\ntransport = \"{transport}\"\n{endpoint}\nbaud = 19200\npause_ms = 5\ntimeout_ms = 150\nretries = 1\n"
+        "[[modbus.buses]]\nname = \"line1\"\ntransport = \"{transport}\"\n{endpoint}\nbaud = 19200\npause_ms = 5\ntimeout_ms = 1000\nretries = 1\n"
     )
 }
 
@@ -292,10 +292,17 @@ fn records(gw: &Gateway, device: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Three units on an RTU line; a generous timeout (1 s), so one slow reply
+/// of pymodbus on a loaded machine is not an error.
 fn rtu_setup(dir: &Path, extra_u3: &str) -> (Line, Slaves, Gateway) {
+    rtu_setup_timeout(dir, extra_u3, 1000)
+}
+
+fn rtu_setup_timeout(dir: &Path, extra_u3: &str, timeout_ms: u64) -> (Line, Slaves, Gateway) {
     let line = Line::new(dir);
     let slaves = Slaves::start(&["rtu", line.devices_end.to_str().unwrap(), "19200"]);
-    let config = three_devices(dir, &bus_head("rtu", &rtu_endpoint(&line)), extra_u3);
+    let config = three_devices(dir, &bus_head("rtu", &rtu_endpoint(&line)), extra_u3)
+        .replace("timeout_ms = 1000", &format!("timeout_ms = {timeout_ms}"));
     let gw = Gateway::start(dir, &config);
     (line, slaves, gw)
 }
@@ -337,23 +344,26 @@ fn three_rtu_slaves_on_one_bus_read_back_every_type_and_order_scaled() {
     assert!((now_ms - u1[0]["timestamp_ms"].as_i64().unwrap()).abs() < 60_000);
     assert_eq!(payloads(&gw, "u2")[0], json!({"id": 50002}));
     assert_eq!(payloads(&gw, "u3")[0], json!({"id": 50003}));
-    // Each group keeps its own interval: over 3 s, ~6, ~10 and ~7.5 polls.
-    let before: Vec<usize> = ["u1", "u2", "u3"]
+    // Each group keeps its own interval, measured by the gateway's own
+    // monotonic clock in the records' headers.
+    wait_for("six polls of each unit", Duration::from_secs(30), || {
+        ["u1", "u2", "u3"]
+            .iter()
+            .all(|d| records(&gw, d).len() >= 7)
+    });
+    let mean: Vec<f64> = ["u1", "u2", "u3"]
         .iter()
-        .map(|d| records(&gw, d).len())
+        .map(|d| {
+            let gaps = gaps_since(&gw, d, 0);
+            gaps.iter().sum::<u64>() as f64 / gaps.len() as f64
+        })
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
-    let after: Vec<usize> = ["u1", "u2", "u3"]
-        .iter()
-        .map(|d| records(&gw, d).len())
-        .collect();
-    let polls: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert!(
-        (4..=7).contains(&polls[0])
-            && (7..=11).contains(&polls[1])
-            && (5..=9).contains(&polls[2])
-            && polls[1] > polls[0],
-        "polls in 3 s: {polls:?}"
+        (450.0..=700.0).contains(&mean[0])
+            && (270.0..=420.0).contains(&mean[1])
+            && (360.0..=560.0).contains(&mean[2])
+            && mean[1] < mean[0],
+        "mean intervals (ms) of u1, u2, u3 (500, 300, 400 configured): {mean:?}"
     );
     assert_eq!(
         gw.metric("tidewell_modbus_errors_total"),
@@ -384,7 +394,7 @@ fn gaps_since(gw: &Gateway, device: &str, since_ms: u64) -> Vec<u64> {
 #[test]
 fn a_slave_that_stops_answering_is_counted_and_the_others_keep_their_intervals() {
     let dir = harness::temp_dir();
-    let (_line, mut slaves, gw) = rtu_setup(dir.path(), "");
+    let (_line, mut slaves, gw) = rtu_setup_timeout(dir.path(), "", 150);
     wait_for("first records", Duration::from_secs(20), || {
         ["u1", "u2", "u3"]
             .iter()
@@ -525,51 +535,73 @@ deadband = 5.0
 max_interval_ms = 3000
 "#;
 
+/// CLOCK_BOOTTIME in ms, the clock of the records' `modbus.monotonic_ms`.
+fn boot_ms() -> u64 {
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
+    let secs: f64 = uptime.split_whitespace().next().unwrap().parse().unwrap();
+    (secs * 1000.0) as u64
+}
+
 #[test]
 fn a_deadband_holds_small_moves_until_the_max_interval_and_passes_large_ones_at_once() {
     let dir = harness::temp_dir();
     let (_line, mut slaves, gw) = rtu_setup(dir.path(), DEADBAND_GROUP);
-    let levels = |gw: &Gateway| -> Vec<Value> {
+    let levels = |gw: &Gateway| -> Vec<(u64, Value)> {
         records(gw, "u3")
             .into_iter()
             .filter(|r| header(r, "modbus.group") == Some("level"))
+            .map(|r| {
+                let value: Value = serde_json::from_str(r["payload"].as_str().unwrap()).unwrap();
+                (monotonic_ms(&r), value["level"].clone())
+            })
             .collect()
     };
     wait_for("the first level record", Duration::from_secs(20), || {
         !levels(&gw).is_empty()
     });
-    let first = Instant::now();
     slaves.command("set 3 40 103");
     let polls = || gw.metric("tidewell_modbus_suppressed_total{device=\"u3\"}");
     let held = polls();
-    wait_for("polls held by the deadband", Duration::from_secs(5), || {
-        polls() >= held + 5.0
-    });
-    assert_eq!(
-        levels(&gw).len(),
-        1,
-        "a move of 3 inside the deadband of 5 makes no record"
+    wait_for(
+        "polls held by the deadband",
+        Duration::from_secs(10),
+        || polls() >= held + 5.0,
     );
     slaves.command("set 3 40 110");
-    let moved = Instant::now();
+    let moved_ms = boot_ms();
     wait_for(
         "the record of the large move",
-        Duration::from_secs(2),
-        || levels(&gw).len() == 2,
+        Duration::from_secs(5),
+        || levels(&gw).iter().any(|(_, v)| v == 110),
     );
-    assert!(
-        moved.elapsed() < Duration::from_millis(1500)
-            && first.elapsed() < Duration::from_millis(2900),
-        "sent at once, not by the max interval"
+    wait_for(
+        "the max-interval record after it",
+        Duration::from_secs(10),
+        || levels(&gw).iter().skip_while(|(_, v)| v != 110).count() >= 2,
     );
-    let value: Value = serde_json::from_str(levels(&gw)[1]["payload"].as_str().unwrap()).unwrap();
-    assert_eq!(value, json!({"level": 110}));
-    wait_for("the max-interval record", Duration::from_secs(6), || {
-        levels(&gw).len() == 3
-    });
+    let all = levels(&gw);
+    let large = all.iter().position(|(_, v)| v == 110).unwrap();
+    // Before the large move, every record after the first is a max-interval
+    // one: a move of 3 inside the deadband of 5 makes no record of its own.
+    for w in all[..=large].windows(2) {
+        if w[1].1 != 110 {
+            assert!(
+                w[1].0 - w[0].0 >= 2900,
+                "a record inside the deadband before the max interval: {all:?}"
+            );
+        }
+    }
+    let (at, _) = all[large];
     assert!(
-        moved.elapsed() >= Duration::from_millis(2900),
-        "no record before the max interval"
+        at.saturating_sub(moved_ms) < 1500,
+        "the large move is sent at once (polled {} ms after the set): {all:?}",
+        at as i64 - moved_ms as i64
+    );
+    let (next, _) = all[large + 1];
+    assert!(
+        next - at >= 2900,
+        "no record before the max interval: {} ms after the large move: {all:?}",
+        next - at
     );
 }
 
