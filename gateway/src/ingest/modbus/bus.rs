@@ -1,6 +1,7 @@
 //! One bus's task: connect (retrying with backoff), then poll its groups one
 //! request at a time, each group when it is due, and append each poll as a
-//! record.
+//! record. A poll whose request times out before anything in it answered
+//! sends none of its other requests (a dead device costs one timeout).
 //!
 //! A group's next poll is scheduled only once its record is durable (its
 //! ticket resolved), so a slow disk slows that group and nothing is queued
