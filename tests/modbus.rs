@@ -249,7 +249,7 @@ address = 1
 
 fn bus_head(transport: &str, endpoint: &str) -> String {
     format!(
-        "[[modbus.buses]]\nname = \"line1\"\ntransport = \"{transport}\"\n{endpoint}\nbaud = 19200\npause_ms = 5\ntimeout_ms = 150\nretries = 1\n"
+        "[[modbus.buses]]\nname = \"line1\"\ntransport = \"{transport}\"\n{endpoint}\nbaud = 19200\npause_ms = 5\ntimeout_ms = 1000\nretries = 1\n"
     )
 }
 
@@ -292,10 +292,17 @@ fn records(gw: &Gateway, device: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Three units on an RTU line; a generous timeout (1 s), so one slow reply
+/// of pymodbus on a loaded machine is not an error.
 fn rtu_setup(dir: &Path, extra_u3: &str) -> (Line, Slaves, Gateway) {
+    rtu_setup_timeout(dir, extra_u3, 1000)
+}
+
+fn rtu_setup_timeout(dir: &Path, extra_u3: &str, timeout_ms: u64) -> (Line, Slaves, Gateway) {
     let line = Line::new(dir);
     let slaves = Slaves::start(&["rtu", line.devices_end.to_str().unwrap(), "19200"]);
-    let config = three_devices(dir, &bus_head("rtu", &rtu_endpoint(&line)), extra_u3);
+    let config = three_devices(dir, &bus_head("rtu", &rtu_endpoint(&line)), extra_u3)
+        .replace("timeout_ms = 1000", &format!("timeout_ms = {timeout_ms}"));
     let gw = Gateway::start(dir, &config);
     (line, slaves, gw)
 }
@@ -337,23 +344,26 @@ fn three_rtu_slaves_on_one_bus_read_back_every_type_and_order_scaled() {
     assert!((now_ms - u1[0]["timestamp_ms"].as_i64().unwrap()).abs() < 60_000);
     assert_eq!(payloads(&gw, "u2")[0], json!({"id": 50002}));
     assert_eq!(payloads(&gw, "u3")[0], json!({"id": 50003}));
-    // Each group keeps its own interval: over 3 s, ~6, ~10 and ~7.5 polls.
-    let before: Vec<usize> = ["u1", "u2", "u3"]
+    // Each group keeps its own interval, measured by the gateway's own
+    // monotonic clock in the records' headers.
+    wait_for("six polls of each unit", Duration::from_secs(30), || {
+        ["u1", "u2", "u3"]
+            .iter()
+            .all(|d| records(&gw, d).len() >= 7)
+    });
+    let mean: Vec<f64> = ["u1", "u2", "u3"]
         .iter()
-        .map(|d| records(&gw, d).len())
+        .map(|d| {
+            let gaps = gaps_since(&gw, d, 0);
+            gaps.iter().sum::<u64>() as f64 / gaps.len() as f64
+        })
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
-    let after: Vec<usize> = ["u1", "u2", "u3"]
-        .iter()
-        .map(|d| records(&gw, d).len())
-        .collect();
-    let polls: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert!(
-        (4..=7).contains(&polls[0])
-            && (7..=11).contains(&polls[1])
-            && (5..=9).contains(&polls[2])
-            && polls[1] > polls[0],
-        "polls in 3 s: {polls:?}"
+        (450.0..=700.0).contains(&mean[0])
+            && (270.0..=420.0).contains(&mean[1])
+            && (360.0..=560.0).contains(&mean[2])
+            && mean[1] < mean[0],
+        "mean intervals (ms) of u1, u2, u3 (500, 300, 400 configured): {mean:?}"
     );
     assert_eq!(
         gw.metric("tidewell_modbus_errors_total"),
@@ -362,48 +372,85 @@ fn three_rtu_slaves_on_one_bus_read_back_every_type_and_order_scaled() {
     );
 }
 
+/// The gateway's monotonic clock when it polled for `record`.
+fn monotonic_ms(record: &Value) -> u64 {
+    header(record, "modbus.monotonic_ms")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Gaps between consecutive polls of `device` (from the records' monotonic
+/// headers) among those polled at `since_ms` or later.
+fn gaps_since(gw: &Gateway, device: &str, since_ms: u64) -> Vec<u64> {
+    let at: Vec<u64> = records(gw, device)
+        .iter()
+        .map(monotonic_ms)
+        .filter(|&t| t >= since_ms)
+        .collect();
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
 #[test]
 fn a_slave_that_stops_answering_is_counted_and_the_others_keep_their_intervals() {
     let dir = harness::temp_dir();
-    let (_line, mut slaves, gw) = rtu_setup(dir.path(), "");
+    let (_line, mut slaves, gw) = rtu_setup_timeout(dir.path(), "", 150);
     wait_for("first records", Duration::from_secs(20), || {
-        !records(&gw, "u3").is_empty()
+        ["u1", "u2", "u3"]
+            .iter()
+            .all(|d| !records(&gw, d).is_empty())
     });
-    slaves.command("stop 2");
-    wait_for("timeouts of u2", Duration::from_secs(10), || {
-        gw.metric("tidewell_modbus_errors_total{device=\"u2\",error=\"timeout\"}") >= 4.0
+    // u1's group takes four requests; a silent u1 must cost the bus one
+    // timed-out request (and its retry) per poll, not four.
+    slaves.command("stop 1");
+    let silent = |r: &Value| {
+        let payload: Value = serde_json::from_str(r["payload"].as_str().unwrap()).unwrap();
+        payload.get("quality").is_some()
+    };
+    wait_for("three silent polls of u1", Duration::from_secs(20), || {
+        records(&gw, "u1").iter().filter(|r| silent(r)).count() >= 3
     });
-    let start = Instant::now();
-    let before: Vec<usize> = ["u1", "u3"].iter().map(|d| records(&gw, d).len()).collect();
-    std::thread::sleep(Duration::from_secs(4));
-    let after: Vec<usize> = ["u1", "u3"].iter().map(|d| records(&gw, d).len()).collect();
-    let secs = start.elapsed().as_secs_f64();
-    let u1_rate = (after[0] - before[0]) as f64 / secs;
-    let u3_rate = (after[1] - before[1]) as f64 / secs;
+    let u1 = records(&gw, "u1");
+    let first_silent = u1.iter().find(|r| silent(r)).map(monotonic_ms).unwrap();
+    // One dead poll of u1 is 2 x 150 ms; four would be 1.2 s.
+    for (device, interval) in [("u2", 300), ("u3", 400)] {
+        let gaps = gaps_since(&gw, device, first_silent.saturating_sub(interval));
+        assert!(
+            gaps.len() >= 3,
+            "{device}: polls while u1 is silent: {gaps:?}"
+        );
+        let max = gaps.iter().max().copied().unwrap();
+        assert!(
+            max < interval + 700,
+            "{device} (every {interval} ms) waited {max} ms while u1 was silent: {gaps:?}"
+        );
+    }
+    let last: Value =
+        serde_json::from_str(u1.last().unwrap()["payload"].as_str().unwrap()).unwrap();
+    let quality = last["quality"].as_object().unwrap();
+    assert_eq!(
+        quality.len(),
+        expected_all_types(1).as_object().unwrap().len(),
+        "every point of a silent device has a quality, the unsent requests' too: {last}"
+    );
     assert!(
-        u1_rate >= 1.6 && u3_rate >= 2.0,
-        "u1 {u1_rate:.2}/s (wants 2), u3 {u3_rate:.2}/s (wants 2.5) while u2 is silent"
+        quality.values().all(|q| q == "timeout"),
+        "a silent device is a quality, not a gap: {last}"
     );
     assert_eq!(
-        gw.metric("tidewell_modbus_backoff{device=\"u2\"}"),
+        gw.metric("tidewell_modbus_backoff{device=\"u1\"}"),
         1.0,
-        "u2 is backed off"
-    );
-    let silent = payloads(&gw, "u2").into_iter().last().unwrap();
-    assert_eq!(
-        silent,
-        json!({"id": null, "quality": {"id": "timeout"}}),
-        "a silent device is a quality, not a gap"
+        "u1 is backed off"
     );
     let status = gw.status();
-    let u2 = &status["modbus"]["buses"][0]["devices"][1];
+    let u1_status = &status["modbus"]["buses"][0]["devices"][0];
     assert!(
-        u2["timeouts"].as_u64().unwrap() >= 4 && u2["backing_off"] == true,
-        "{u2}"
+        u1_status["timeouts"].as_u64().unwrap() >= 4 && u1_status["backing_off"] == true,
+        "{u1_status}"
     );
-    slaves.command("start 2");
-    wait_for("u2 answering again", Duration::from_secs(40), || {
-        payloads(&gw, "u2").last() == Some(&json!({"id": 50002}))
+    slaves.command("start 1");
+    wait_for("u1 answering again", Duration::from_secs(40), || {
+        payloads(&gw, "u1").last() == Some(&expected_all_types(1))
     });
 }
 
@@ -488,51 +535,73 @@ deadband = 5.0
 max_interval_ms = 3000
 "#;
 
+/// CLOCK_BOOTTIME in ms, the clock of the records' `modbus.monotonic_ms`.
+fn boot_ms() -> u64 {
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
+    let secs: f64 = uptime.split_whitespace().next().unwrap().parse().unwrap();
+    (secs * 1000.0) as u64
+}
+
 #[test]
 fn a_deadband_holds_small_moves_until_the_max_interval_and_passes_large_ones_at_once() {
     let dir = harness::temp_dir();
     let (_line, mut slaves, gw) = rtu_setup(dir.path(), DEADBAND_GROUP);
-    let levels = |gw: &Gateway| -> Vec<Value> {
+    let levels = |gw: &Gateway| -> Vec<(u64, Value)> {
         records(gw, "u3")
             .into_iter()
             .filter(|r| header(r, "modbus.group") == Some("level"))
+            .map(|r| {
+                let value: Value = serde_json::from_str(r["payload"].as_str().unwrap()).unwrap();
+                (monotonic_ms(&r), value["level"].clone())
+            })
             .collect()
     };
     wait_for("the first level record", Duration::from_secs(20), || {
         !levels(&gw).is_empty()
     });
-    let first = Instant::now();
     slaves.command("set 3 40 103");
     let polls = || gw.metric("tidewell_modbus_suppressed_total{device=\"u3\"}");
     let held = polls();
-    wait_for("polls held by the deadband", Duration::from_secs(5), || {
-        polls() >= held + 5.0
-    });
-    assert_eq!(
-        levels(&gw).len(),
-        1,
-        "a move of 3 inside the deadband of 5 makes no record"
+    wait_for(
+        "polls held by the deadband",
+        Duration::from_secs(10),
+        || polls() >= held + 5.0,
     );
     slaves.command("set 3 40 110");
-    let moved = Instant::now();
+    let moved_ms = boot_ms();
     wait_for(
         "the record of the large move",
-        Duration::from_secs(2),
-        || levels(&gw).len() == 2,
+        Duration::from_secs(5),
+        || levels(&gw).iter().any(|(_, v)| v == 110),
     );
-    assert!(
-        moved.elapsed() < Duration::from_millis(1500)
-            && first.elapsed() < Duration::from_millis(2900),
-        "sent at once, not by the max interval"
+    wait_for(
+        "the max-interval record after it",
+        Duration::from_secs(10),
+        || levels(&gw).iter().skip_while(|(_, v)| v != 110).count() >= 2,
     );
-    let value: Value = serde_json::from_str(levels(&gw)[1]["payload"].as_str().unwrap()).unwrap();
-    assert_eq!(value, json!({"level": 110}));
-    wait_for("the max-interval record", Duration::from_secs(6), || {
-        levels(&gw).len() == 3
-    });
+    let all = levels(&gw);
+    let large = all.iter().position(|(_, v)| v == 110).unwrap();
+    // Before the large move, every record after the first is a max-interval
+    // one: a move of 3 inside the deadband of 5 makes no record of its own.
+    for w in all[..=large].windows(2) {
+        if w[1].1 != 110 {
+            assert!(
+                w[1].0 - w[0].0 >= 2900,
+                "a record inside the deadband before the max interval: {all:?}"
+            );
+        }
+    }
+    let (at, _) = all[large];
     assert!(
-        moved.elapsed() >= Duration::from_millis(2900),
-        "no record before the max interval"
+        at.saturating_sub(moved_ms) < 1500,
+        "the large move is sent at once (polled {} ms after the set): {all:?}",
+        at as i64 - moved_ms as i64
+    );
+    let (next, _) = all[large + 1];
+    assert!(
+        next - at >= 2900,
+        "no record before the max interval: {} ms after the large move: {all:?}",
+        next - at
     );
 }
 
@@ -670,5 +739,40 @@ fn config_check_names_the_key_paths_of_modbus_mistakes() {
             "modbus.buses[0].devices[0].groups[0].interval_ms: the bus cannot serve its groups"
         ),
         "{text}"
+    );
+}
+
+#[test]
+fn a_server_that_accepts_and_closes_is_reconnected_with_a_growing_delay() {
+    let dir = harness::temp_dir();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, accepts) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            // Accepted, then closed at once: nothing behind the server.
+            drop(stream);
+            if tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    });
+    let bus = bus_head("rtu_over_tcp", &format!("address = \"127.0.0.1:{port}\""));
+    let config = format!(
+        "{data}[mqtt]\nenabled = false\n[http]\nlisten = \"127.0.0.1:0\"\n{bus}{u1}{g}",
+        data = harness::data_dir_line(dir.path()),
+        u1 = device("u1", 1),
+        g = ids_group(300),
+    );
+    let _gw = Gateway::start(dir.path(), &config);
+    // 250 ms doubling (+ up to 25%): the fifth connect comes >= 2 s after
+    // the fourth; a delay reset after every connect would make it ~0.3 s.
+    let at: Vec<Instant> = (0..5)
+        .map(|_| accepts.recv_timeout(Duration::from_secs(20)).unwrap())
+        .collect();
+    let gaps: Vec<u128> = at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    assert!(
+        gaps[3] >= 1500 && gaps[3] > gaps[0],
+        "gaps between connects (ms): {gaps:?}"
     );
 }

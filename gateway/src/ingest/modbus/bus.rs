@@ -1,6 +1,7 @@
 //! One bus's task: connect (retrying with backoff), then poll its groups one
 //! request at a time, each group when it is due, and append each poll as a
-//! record.
+//! record. A poll whose request times out before anything in it answered
+//! sends none of its other requests (a dead device costs one timeout).
 //!
 //! A group's next poll is scheduled only once its record is durable (its
 //! ticket resolved), so a slow disk slows that group and nothing is queued
@@ -148,7 +149,7 @@ pub async fn run(ctx: Arc<BusCtx>) {
                 ctx.bus().connected.store(false, Ordering::Relaxed);
                 ctx.bus().reconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(bus = %ctx.config.name, "modbus bus lost ({e}); reconnecting");
-                delay = FIRST_RETRY;
+                delay = after_session(delay, link.answered());
                 reported = true;
             }
             Err(e) if !reported => {
@@ -198,19 +199,34 @@ async fn poll(ctx: &BusCtx, link: &mut Link, s: &mut Schedule, gi: usize) -> io:
     let mut outcomes = vec![Outcome::Bad(Quality::NoConnection); group.points.len()];
     let mut answered = false;
     let mut failure = None;
-    for request in &s.groups[gi].requests {
+    let requests = &s.groups[gi].requests;
+    for (r, request) in requests.iter().enumerate() {
         match attempt(ctx, link, dstats, device.unit, request).await {
             Ok(answer) => {
                 answered = true;
                 fill(&group.points, request, &answer, &mut outcomes, dstats);
             }
             Err(RequestError::Io(e)) => {
+                // The rest keep their NoConnection outcome.
                 failure = Some(e);
                 break;
             }
             Err(e) => {
+                let bad = quality(&e);
                 for &i in &request.points {
-                    outcomes[i] = Outcome::Bad(quality(&e));
+                    outcomes[i] = Outcome::Bad(bad);
+                }
+                // A device that has not answered anything in this poll and
+                // now timed out is taken for gone: its other requests are
+                // not sent, so it does not hold the bus for a timeout (and
+                // its retries) per request.
+                if !answered && matches!(e, RequestError::Timeout(_)) {
+                    for rest in &requests[r + 1..] {
+                        for &i in &rest.points {
+                            outcomes[i] = Outcome::Bad(bad);
+                        }
+                    }
+                    break;
                 }
             }
         }
@@ -424,7 +440,35 @@ fn refused(ctx: &BusCtx, s: &mut Schedule, gi: usize, e: &AppendError) {
     s.reschedule(gi, interval_ms);
 }
 
+/// The reconnect delay after a connection was lost: back to the first only
+/// if the link answered something. A server that accepts and then closes
+/// (a TCP serial server with nothing behind it) keeps backing off.
+fn after_session(delay: Duration, answered: bool) -> Duration {
+    if answered {
+        FIRST_RETRY
+    } else {
+        delay
+    }
+}
+
 /// Up to a quarter more, so many gateways do not retry in lockstep.
 fn jitter(delay: Duration) -> Duration {
     delay + delay.mul_f64(fastrand::f64() / 4.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconnect_delay_resets_only_after_an_answer() {
+        let mut delay = FIRST_RETRY;
+        // Connects that are closed before any answer: the delay keeps growing.
+        for _ in 0..3 {
+            delay = after_session(delay, false);
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+        assert_eq!(delay, FIRST_RETRY * 8);
+        assert_eq!(after_session(delay, true), FIRST_RETRY);
+    }
 }

@@ -80,6 +80,8 @@ pub struct Link {
     buf: Vec<u8>,
     /// Bytes discarded since the last call of [`Link::take_discarded`].
     discarded: u64,
+    /// Some request got an answer (data or an exception) on this link.
+    answered: bool,
 }
 
 impl Link {
@@ -98,7 +100,13 @@ impl Link {
             transaction: 0,
             buf: Vec::with_capacity(512),
             discarded: 0,
+            answered: false,
         }
+    }
+
+    /// Whether any request got an answer on this link.
+    pub fn answered(&self) -> bool {
+        self.answered
     }
 
     pub fn take_discarded(&mut self) -> u64 {
@@ -130,6 +138,7 @@ impl Link {
             self.await_silence(deadline).await?;
         }
         self.last_activity = Instant::now();
+        self.answered |= result.is_ok();
         result
     }
 
@@ -147,7 +156,7 @@ impl Link {
                 let decoded = if self.rtu {
                     frame::rtu_decode(&self.buf, unit, function, expected)
                 } else {
-                    frame::tcp_decode(&self.buf, self.transaction, function, expected)
+                    frame::tcp_decode(&self.buf, self.transaction, unit, function, expected)
                 };
                 match decoded? {
                     Decoded::Partial => break,

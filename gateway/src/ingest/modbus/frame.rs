@@ -23,6 +23,10 @@ pub enum FrameError {
     ByteCount { expected: usize, found: usize },
     #[error("MBAP length {0} is not a read response")]
     Length(u16),
+    #[error("MBAP header carries protocol {protocol} and unit {unit}, not protocol 0 and the unit asked")]
+    Header { protocol: u16, unit: u8 },
+    #[error("response has function code {found:#04x}, {expected:#04x} was asked for")]
+    Function { expected: u8, found: u8 },
 }
 
 /// Progress of decoding a response.
@@ -112,11 +116,14 @@ pub fn rtu_decode(
     Ok(Decoded::Done(answer, len))
 }
 
-/// Decodes a Modbus TCP response to `transaction`; responses to other
-/// (earlier, timed-out) transactions are skipped whole.
+/// Decodes a Modbus TCP response to `transaction` (for `unit`); responses
+/// to other (earlier, timed-out) transactions are skipped whole. A response
+/// to this transaction with another protocol id or unit, or another function
+/// code, is a bad frame.
 pub fn tcp_decode(
     buf: &[u8],
     transaction: u16,
+    unit: u8,
     function: u8,
     expected: usize,
 ) -> Result<Decoded, FrameError> {
@@ -134,12 +141,25 @@ pub fn tcp_decode(
     if u16::from_be_bytes([buf[0], buf[1]]) != transaction {
         return Ok(Decoded::Skip(total));
     }
+    let protocol = u16::from_be_bytes([buf[2], buf[3]]);
+    if protocol != 0 || buf[6] != unit {
+        return Err(FrameError::Header {
+            protocol,
+            unit: buf[6],
+        });
+    }
     let code = buf[7];
     if code == function | 0x80 {
         return Ok(Decoded::Done(Answer::Exception(buf[8]), total));
     }
+    if code != function {
+        return Err(FrameError::Function {
+            expected: function,
+            found: code,
+        });
+    }
     let data = &buf[9.min(total)..total];
-    if code != function || usize::from(buf[8]) != data.len() || data.len() != expected {
+    if usize::from(buf[8]) != data.len() || data.len() != expected {
         return Err(FrameError::ByteCount {
             expected,
             found: data.len(),
@@ -214,13 +234,61 @@ mod tests {
     fn stale_tcp_answers_are_skipped_and_bad_lengths_refused() {
         let mut buf = vec![0, 9, 0, 0, 0, 5, 1, 3, 2, 0, 1];
         buf.extend_from_slice(&[0, 10, 0, 0, 0, 5, 1, 3, 2, 0, 7]);
-        assert_eq!(tcp_decode(&buf, 10, 3, 2), Ok(Decoded::Skip(11)));
+        assert_eq!(tcp_decode(&buf, 10, 1, 3, 2), Ok(Decoded::Skip(11)));
         assert_eq!(
-            tcp_decode(&buf[11..], 10, 3, 2),
+            tcp_decode(&buf[11..], 10, 1, 3, 2),
             Ok(Decoded::Done(Answer::Data(vec![0, 7]), 11))
         );
         let huge = [0, 10, 0, 0, 0xFF, 0xFF, 1, 3];
-        assert_eq!(tcp_decode(&huge, 10, 3, 2), Err(FrameError::Length(0xFFFF)));
+        assert_eq!(
+            tcp_decode(&huge, 10, 1, 3, 2),
+            Err(FrameError::Length(0xFFFF))
+        );
+    }
+
+    #[test]
+    fn tcp_answers_for_another_unit_protocol_or_function_are_bad_frames() {
+        let good = [0, 10, 0, 0, 0, 5, 1, 3, 2, 0, 7];
+        assert_eq!(
+            tcp_decode(&good, 10, 1, 3, 2),
+            Ok(Decoded::Done(Answer::Data(vec![0, 7]), 11))
+        );
+        let mut unit = good;
+        unit[6] = 2;
+        assert_eq!(
+            tcp_decode(&unit, 10, 1, 3, 2),
+            Err(FrameError::Header {
+                protocol: 0,
+                unit: 2
+            })
+        );
+        let mut protocol = good;
+        protocol[3] = 1;
+        assert_eq!(
+            tcp_decode(&protocol, 10, 1, 3, 2),
+            Err(FrameError::Header {
+                protocol: 1,
+                unit: 1
+            })
+        );
+        let mut function = good;
+        function[7] = 4;
+        assert_eq!(
+            tcp_decode(&function, 10, 1, 3, 2),
+            Err(FrameError::Function {
+                expected: 3,
+                found: 4
+            })
+        );
+        // A wrong byte count is still a byte-count error.
+        let short = [0, 10, 0, 0, 0, 5, 1, 3, 2, 0, 7];
+        assert_eq!(
+            tcp_decode(&short, 10, 1, 3, 4),
+            Err(FrameError::ByteCount {
+                expected: 4,
+                found: 2
+            })
+        );
     }
 
     /// Decodes the way the client does: skip, or finish.
@@ -256,7 +324,7 @@ mod tests {
             if let Ok(Decoded::Done(_, n) | Decoded::Skip(n)) = rtu_decode(&buf, 1, 3, expected) {
                 prop_assert!(n <= buf.len() && n <= 255);
             }
-            if let Ok(Decoded::Done(_, n) | Decoded::Skip(n)) = tcp_decode(&buf, 1, 3, expected) {
+            if let Ok(Decoded::Done(_, n) | Decoded::Skip(n)) = tcp_decode(&buf, 1, 1, 3, expected) {
                 prop_assert!(n <= buf.len() && n <= 260);
             }
         }

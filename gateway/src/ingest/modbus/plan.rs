@@ -30,7 +30,8 @@ pub fn plan(points: &[PointConfig]) -> Vec<Request> {
     for i in order {
         let p = &points[i];
         let start = p.address;
-        let end = start + u32::from(p.count());
+        // Validation keeps `end` within 65536; saturate rather than wrap.
+        let end = start.saturating_add(u32::from(p.count()));
         if let Some(last) = requests.last_mut() {
             let last_end = u32::from(last.start) + u32::from(last.count);
             let merged = end.max(last_end) - u32::from(last.start);

@@ -106,6 +106,8 @@ pub struct Deadband {
 struct Sent {
     /// `None`: it was sent with a bad quality.
     value: Option<f64>,
+    /// `None`: it was sent good.
+    quality: Option<Quality>,
     at: Instant,
 }
 
@@ -133,7 +135,9 @@ impl Deadband {
                 let expired = point
                     .max_interval_ms
                     .is_some_and(|ms| now.duration_since(sent.at) >= Duration::from_millis(ms));
-                expired || moved(point, sent.value, numeric(outcome))
+                expired
+                    || sent.quality != bad_quality(outcome)
+                    || moved(point, sent.value, numeric(outcome))
             })
     }
 
@@ -144,6 +148,7 @@ impl Deadband {
             .map(|o| {
                 Some(Sent {
                     value: numeric(o),
+                    quality: bad_quality(o),
                     at: now,
                 })
             })
@@ -160,6 +165,13 @@ fn numeric(outcome: &Outcome) -> Option<f64> {
     match outcome {
         Outcome::Good(v) => v.as_f64(),
         Outcome::Bad(_) => None,
+    }
+}
+
+fn bad_quality(outcome: &Outcome) -> Option<Quality> {
+    match outcome {
+        Outcome::Good(_) => None,
+        Outcome::Bad(q) => Some(*q),
     }
 }
 
@@ -256,5 +268,25 @@ mod tests {
         assert!(db.should_report(&points, &[Outcome::Bad(Quality::Timeout)], t0));
         db.reset();
         assert!(db.should_report(&points, &good(10.0), t0));
+    }
+
+    #[test]
+    fn a_change_between_two_bad_qualities_reports_at_once() {
+        let points = [point("t", Some(1.0), None)];
+        let mut db = Deadband::default();
+        let t0 = Instant::now();
+        let timeout = [Outcome::Bad(Quality::Timeout)];
+        db.sent(&timeout, t0);
+        assert!(
+            !db.should_report(&points, &timeout, t0 + Duration::from_secs(60)),
+            "the same bad quality again is held"
+        );
+        assert!(
+            db.should_report(&points, &[Outcome::Bad(Quality::Exception(4))], t0),
+            "timeout -> exception:4 is a change of quality"
+        );
+        db.sent(&[Outcome::Bad(Quality::Exception(4))], t0);
+        assert!(!db.should_report(&points, &[Outcome::Bad(Quality::Exception(4))], t0));
+        assert!(db.should_report(&points, &[Outcome::Bad(Quality::Exception(2))], t0));
     }
 }

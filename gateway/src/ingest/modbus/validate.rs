@@ -185,6 +185,12 @@ fn point_problem(point: &PointConfig) -> Option<(&'static str, String)> {
             "a string needs length = 1 to 250 bytes (125 registers, one request)".into(),
         ));
     }
+    if t == DataType::String && point.order.swaps_words() {
+        return Some((
+            "order",
+            "a string's registers are in address order: \"ABCD\", or \"BADC\" to swap the bytes in each register".into(),
+        ));
+    }
     if point.length.is_some() && t != DataType::String {
         return Some(("length", "only for type = \"string\"".into()));
     }
@@ -230,7 +236,8 @@ fn deadband_problem(point: &PointConfig, numeric: bool) -> Option<(&'static str,
 }
 
 fn address_problem(point: &PointConfig) -> Option<(&'static str, String)> {
-    let end = point.address + u32::from(point.count());
+    // u64: an address near u32::MAX must not overflow (or wrap) here.
+    let end = u64::from(point.address) + u64::from(point.count());
     if end > 65_536 {
         let msg = format!(
             "addresses are 0 to 65535 (0-based protocol addresses); this point ends at {}",
@@ -250,8 +257,12 @@ fn overlaps(a: &PointConfig, b: &PointConfig) -> bool {
     if bits(a) && bits(b) {
         return a.address == b.address && a.bit == b.bit;
     }
-    let (a0, a1) = (a.address, a.address + u32::from(a.count()));
-    let (b0, b1) = (b.address, b.address + u32::from(b.count()));
+    // An earlier point may have an out-of-range address: u64, no overflow.
+    let span = |p: &PointConfig| {
+        let start = u64::from(p.address);
+        (start, start + u64::from(p.count()))
+    };
+    let ((a0, a1), (b0, b1)) = (span(a), span(b));
     a0 < b1 && b0 < a1
 }
 
@@ -360,6 +371,50 @@ mod tests {
                 format!("{at}[3].max_interval_ms")
             ]
         );
+    }
+
+    #[test]
+    fn an_address_near_u32_max_is_a_key_path_problem_not_an_overflow() {
+        let text = format!(
+            "{BUS}interval_ms = 1000\n{}{}",
+            point("a", "holding_register", 4_294_967_295, "type = \"float64\""),
+            point("b", "holding_register", 4_294_967_294, "type = \"uint32\"")
+        );
+        let found = problems(&text);
+        let at = "modbus.buses[0].devices[0].groups[0].points";
+        let keys: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![format!("{at}[0].address"), format!("{at}[1].address")],
+            "{found:?}"
+        );
+        assert!(found[0].1.contains("0 to 65535"), "{}", found[0].1);
+    }
+
+    #[test]
+    fn word_swapping_orders_are_refused_on_strings() {
+        let string = |order: &str| {
+            format!(
+                "{BUS}interval_ms = 1000\n{}",
+                point(
+                    "s",
+                    "holding_register",
+                    0,
+                    &format!("type = \"string\"\nlength = 8\norder = \"{order}\"")
+                )
+            )
+        };
+        for order in ["CDAB", "DCBA"] {
+            let found = problems(&string(order));
+            assert_eq!(found.len(), 1, "{order}: {found:?}");
+            assert_eq!(
+                found[0].0,
+                "modbus.buses[0].devices[0].groups[0].points[0].order"
+            );
+        }
+        for order in ["ABCD", "BADC"] {
+            assert!(problems(&string(order)).is_empty(), "{order}");
+        }
     }
 
     #[test]
