@@ -15,21 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{wait_until, Gateway, Launch};
+use harness::{wait_for, wait_until, Gateway, Launch};
 
 const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 const BOOT_A: &str = "0123456789abcdef0123456789abcdef";
 const BOOT_B: &str = "fedcba9876543210fedcba9876543210";
 /// 2023-11-14, in µs: the fixtures' clock.
 const T0_US: u64 = 1_700_000_000_000_000;
-
-/// Waits for `condition` with a deadline; fails the test naming `what`.
-fn wait_for(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
-    assert!(
-        wait_until(limit, condition),
-        "timed out after {limit:?} waiting for {what}"
-    );
-}
 
 /// One journal entry of a fixture, as export-format fields.
 #[derive(Clone)]

@@ -11,56 +11,14 @@
 mod harness;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use harness::{header, wait_until, Gateway};
+use harness::pty::Cable;
+use harness::{header, wait_for, Gateway};
 use serde_json::{json, Value};
-
-fn wait_for(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
-    assert!(
-        wait_until(limit, condition),
-        "timed out after {limit:?} waiting for {what}"
-    );
-}
-
-/// A socat pseudo-terminal pair: the gateway's end and the devices' end.
-struct Line {
-    child: Child,
-    gateway_end: PathBuf,
-    devices_end: PathBuf,
-}
-
-impl Line {
-    fn new(dir: &Path) -> Line {
-        let gateway_end = dir.join("ttyGW");
-        let devices_end = dir.join("ttyDEV");
-        let child = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", gateway_end.display()))
-            .arg(format!("pty,raw,echo=0,link={}", devices_end.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is installed (tests/run installs it)");
-        wait_for("socat's pseudo-terminals", Duration::from_secs(10), || {
-            gateway_end.exists() && devices_end.exists()
-        });
-        Line {
-            child,
-            gateway_end,
-            devices_end,
-        }
-    }
-}
-
-impl Drop for Line {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// pymodbus playing units 1, 2 and 3, driven through its stdin.
 struct Slaves {
@@ -270,7 +228,7 @@ fn three_devices(dir: &Path, bus: &str, extra_u3: &str) -> String {
     )
 }
 
-fn rtu_endpoint(line: &Line) -> String {
+fn rtu_endpoint(line: &Cable) -> String {
     format!(
         "path = \"{}\"\nparity = \"even\"",
         line.gateway_end.display()
@@ -294,13 +252,13 @@ fn records(gw: &Gateway, device: &str) -> Vec<Value> {
 
 /// Three units on an RTU line; a generous timeout (1 s), so one slow reply
 /// of pymodbus on a loaded machine is not an error.
-fn rtu_setup(dir: &Path, extra_u3: &str) -> (Line, Slaves, Gateway) {
+fn rtu_setup(dir: &Path, extra_u3: &str) -> (Cable, Slaves, Gateway) {
     rtu_setup_timeout(dir, extra_u3, 1000)
 }
 
-fn rtu_setup_timeout(dir: &Path, extra_u3: &str, timeout_ms: u64) -> (Line, Slaves, Gateway) {
-    let line = Line::new(dir);
-    let slaves = Slaves::start(&["rtu", line.devices_end.to_str().unwrap(), "19200"]);
+fn rtu_setup_timeout(dir: &Path, extra_u3: &str, timeout_ms: u64) -> (Cable, Slaves, Gateway) {
+    let line = Cable::plug(dir);
+    let slaves = Slaves::start(&["rtu", line.device_end.to_str().unwrap(), "19200"]);
     let config = three_devices(dir, &bus_head("rtu", &rtu_endpoint(&line)), extra_u3)
         .replace("timeout_ms = 1000", &format!("timeout_ms = {timeout_ms}"));
     let gw = Gateway::start(dir, &config);

@@ -10,63 +10,12 @@
 mod harness;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use harness::{wait_until, Gateway, BIN};
-
-/// Waits for `condition` with a deadline; fails the test naming `what`.
-fn wait_for(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
-    assert!(
-        wait_until(limit, condition),
-        "timed out after {limit:?} waiting for {what}"
-    );
-}
-
-/// A socat pseudo-terminal pair: the gateway's end and the device's end, at
-/// fixed link paths so they can be recreated ("replugged").
-struct Cable {
-    child: Child,
-    gateway_end: PathBuf,
-    device_end: PathBuf,
-}
-
-impl Cable {
-    fn plug(dir: &Path) -> Cable {
-        let gateway_end = dir.join("ttyGW");
-        let device_end = dir.join("ttyDEV");
-        let child = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", gateway_end.display()))
-            .arg(format!("pty,raw,echo=0,link={}", device_end.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is installed (tests/run installs it)");
-        wait_for("socat's pseudo-terminals", Duration::from_secs(10), || {
-            gateway_end.exists() && device_end.exists()
-        });
-        Cable {
-            child,
-            gateway_end,
-            device_end,
-        }
-    }
-
-    fn unplug(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.gateway_end);
-        let _ = std::fs::remove_file(&self.device_end);
-    }
-}
-
-impl Drop for Cable {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use harness::pty::Cable;
+use harness::{wait_for, Gateway, BIN};
 
 /// The gateway reading `port` as `format`, MQTT off (so its ready line
 /// names no `mqtt=`).

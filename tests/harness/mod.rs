@@ -17,6 +17,7 @@
 pub mod gateway;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod pty;
 pub mod tansu;
 
 use std::io::{Read, Write};
@@ -31,6 +32,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tidewell");
 /// The start of the line the gateway prints once it serves, followed by
 /// `name=address` for every bound listener (`mqtt=`, `mqtts=`, `http=`, ...).
 pub const READY: &str = "tidewell: ready";
+
+/// Waits for `condition` with a deadline; fails the test naming `what`.
+pub fn wait_for(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
+    assert!(
+        wait_until(limit, condition),
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
 
 /// Polls `condition` until it holds or `timeout` passes; says whether it
 /// held. The conditions are other processes' state (a file, a socket, a
