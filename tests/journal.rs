@@ -98,6 +98,12 @@ fn write_journal(file: &Path, entries: &[Entry]) {
         "systemd-journal-remote: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Journal files are written through mmap, which inotify does not see:
+    // a running journald follows each change with an ftruncate to the same
+    // size (journal_file_post_change) so that `journalctl --follow` wakes.
+    // journal-remote exits without a last one; do what journald does.
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.set_len(f.metadata().unwrap().len()).unwrap();
 }
 
 fn range(from: u64, to: u64, unit: &str) -> Vec<Entry> {
@@ -273,6 +279,24 @@ fn filters_keep_only_the_units_identifiers_priorities_and_boot_asked_for() {
     let gateway = launch(other.path(), &journal, "identifiers = [\"c\"]").start();
     wait_messages(&gateway, 1);
     assert_eq!(messages(&gateway.data_dir()), ["msg-000004"]);
+}
+
+/// A restart far behind the journal: everything written while the gateway
+/// was down arrives, not only the last ten entries (`journalctl --follow`
+/// alone implies `--lines=10` from the cursor on).
+#[test]
+fn a_restart_hundreds_of_entries_behind_reads_every_one_of_them() {
+    let dir = harness::temp_dir();
+    let journal = journal_dir(dir.path());
+    let file = journal.join("a.journal");
+    write_journal(&file, &range(0, 20, "pump.service"));
+    let gateway = launch(dir.path(), &journal, "").start();
+    wait_messages(&gateway, 20);
+    gateway.stop();
+    write_journal(&file, &range(20, 320, "pump.service"));
+    let gateway = launch(dir.path(), &journal, "").start();
+    wait_messages(&gateway, 320);
+    assert_eq!(messages(&gateway.data_dir()), names(0, 320));
 }
 
 #[test]

@@ -87,7 +87,13 @@ pub fn args(config: &JournalConfig, resume: Option<&Cursor>) -> Vec<String> {
         output_fields(config).join(",")
     ));
     match (resume, config.start_at) {
-        (Some(c), _) => args.push(format!("--cursor={}", c.text)),
+        // --follow alone shows only the last 10 entries from there on
+        // (journalctl's implied --lines=10): a restart more than 10 entries
+        // behind would skip the rest. --no-tail shows all of them.
+        (Some(c), _) => {
+            args.push(format!("--cursor={}", c.text));
+            args.push("--no-tail".into());
+        }
         (None, StartAt::Head) => args.push("--no-tail".into()),
         (None, StartAt::Now) => args.push("--lines=0".into()),
     }
