@@ -125,6 +125,9 @@ enum BenchCommand {
     Open(crate::bench::open::OpenArgs),
     /// Drain of 1M records to a Kafka-API broker, against confluent-kafka's producer.
     Replicate(crate::bench::replicate::ReplicateBenchArgs),
+    /// Bytes on the wire per replicated MQTT reading, per record shape and compression, against confluent-kafka.
+    #[cfg(feature = "bench-mqtt")]
+    Wire(crate::bench::wire::WireBenchArgs),
     /// Journal entries/s from a journal directory into the log, against journalctl's raw read rate.
     Journal(crate::bench::journal::JournalBenchArgs),
     /// A reconnect storm of authenticated devices, and the memory of idle ones against Mosquitto.
@@ -190,6 +193,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Replicate(args)) => {
             crate::bench::replicate::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "bench-mqtt")]
+        Command::Bench(BenchCommand::Wire(args)) => {
+            crate::bench::wire::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Connect(args)) => {
             crate::bench::connect::run(&args).map(|()| ExitCode::SUCCESS)

@@ -8,9 +8,12 @@ pub mod modbus;
 #[cfg(feature = "bench-mqtt")]
 pub mod mqtt;
 pub mod open;
+pub mod proxy;
 pub mod replicate;
 #[cfg(feature = "sim")]
 pub mod serial;
+#[cfg(feature = "bench-mqtt")]
+pub mod wire;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -23,6 +26,28 @@ use anyhow::Context;
 /// 30 s, for its `ready` line; returns the child and its MQTT address (none
 /// when MQTT is off). Its stderr is drained after that.
 pub fn start_gateway(config: &std::path::Path) -> anyhow::Result<(Child, Option<SocketAddr>)> {
+    let (child, ready) = start_gateway_ready(config)?;
+    Ok((child, ready.addr("mqtt")?))
+}
+
+/// The gateway's `ready` line: `tidewell: ready mqtt=ADDR http=ADDR ...`.
+pub struct Ready(String);
+
+impl Ready {
+    /// The address named `name` (`mqtt`, `http`, ...), if the line has one.
+    pub fn addr(&self, name: &str) -> anyhow::Result<Option<SocketAddr>> {
+        let prefix = format!("{name}=");
+        Ok(self
+            .0
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .map(str::parse)
+            .transpose()?)
+    }
+}
+
+/// As [`start_gateway`], returning the whole ready line.
+pub fn start_gateway_ready(config: &std::path::Path) -> anyhow::Result<(Child, Ready)> {
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(["run", "--config"])
         .arg(config)
@@ -33,7 +58,7 @@ pub fn start_gateway(config: &std::path::Path) -> anyhow::Result<(Child, Option<
         .spawn()
         .context("starting tidewell")?;
     match wait_ready(&mut child) {
-        Ok(addr) => Ok((child, addr)),
+        Ok(line) => Ok((child, Ready(line))),
         Err(e) => {
             stop(&mut child);
             Err(e)
@@ -42,8 +67,8 @@ pub fn start_gateway(config: &std::path::Path) -> anyhow::Result<(Child, Option<
 }
 
 /// Reads the child's stderr up to its `ready` line (other lines are passed
-/// on); returns the line's `mqtt=` address, if it has one.
-fn wait_ready(child: &mut Child) -> anyhow::Result<Option<SocketAddr>> {
+/// on) and returns it.
+fn wait_ready(child: &mut Child) -> anyhow::Result<String> {
     let stderr = child.stderr.take().context("no stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -55,15 +80,26 @@ fn wait_ready(child: &mut Child) -> anyhow::Result<Option<SocketAddr>> {
             }
         }
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("tidewell did not print its ready line")?;
-    let mqtt = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("mqtt="))
-        .map(str::parse)
-        .transpose()?;
-    Ok(mqtt)
+    rx.recv_timeout(Duration::from_secs(30))
+        .context("tidewell did not print its ready line")
+}
+
+/// `GET path` on the gateway's loopback HTTP port, as JSON.
+pub fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .context("no HTTP body")?;
+    serde_json::from_str(body).with_context(|| format!("GET {path}: not JSON"))
 }
 
 #[allow(unsafe_code)] // audited: see the SAFETY comment inside

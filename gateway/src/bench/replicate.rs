@@ -16,7 +16,7 @@
 //! of the draining process is read from /proc (VmHWM).
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -78,9 +78,10 @@ fn run_in(args: &ReplicateBenchArgs, root: &Path) -> anyhow::Result<()> {
     let bootstrap = match &args.bootstrap {
         Some(b) => b.clone(),
         None => {
-            let (child, bootstrap) = start_tansu(root, args.partitions)?;
+            let topics = [OURS, REFERENCE, REFERENCE_HEADERS].map(String::from);
+            let (child, addr) = start_tansu(root, args.partitions, &topics, None)?;
             broker = Some(child);
-            bootstrap
+            addr.to_string()
         }
     };
     let started = Instant::now();
@@ -109,13 +110,27 @@ fn run_in(args: &ReplicateBenchArgs, root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_tansu(root: &Path, partitions: u32) -> anyhow::Result<(KillOnDrop, String)> {
+/// A free loopback port (bound, then released).
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Tansu on a free loopback port with SQLite storage in `root/broker`,
+/// advertising `advertised_port` (a proxy in front of it) or its own, with
+/// `topics` created; returns it and the address it listens on.
+pub(super) fn start_tansu(
+    root: &Path,
+    partitions: u32,
+    topics: &[String],
+    advertised_port: Option<u16>,
+) -> anyhow::Result<(KillOnDrop, SocketAddr)> {
     let dir = root.join("broker");
     std::fs::create_dir_all(&dir)?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{}", advertised_port.unwrap_or(port));
     let child = Command::new("tansu")
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
         .args(["--storage-engine", "sqlite://tansu.db"])
         .current_dir(&dir)
         .stdin(Stdio::null())
@@ -131,7 +146,7 @@ fn start_tansu(root: &Path, partitions: u32) -> anyhow::Result<(KillOnDrop, Stri
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    for topic in [OURS, REFERENCE, REFERENCE_HEADERS] {
+    for topic in topics {
         let status = Command::new("tansu")
             .args([
                 "topic",
@@ -149,7 +164,7 @@ fn start_tansu(root: &Path, partitions: u32) -> anyhow::Result<(KillOnDrop, Stri
             bail!("tansu topic create {topic} failed");
         }
     }
-    Ok((child, format!("127.0.0.1:{port}")))
+    Ok((child, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
 /// The value of record `i` (also what the reference producer reads).
@@ -229,7 +244,7 @@ fn drain(
         if let Some(kib) = super::status_kib(child.0.id(), "VmHWM:") {
             peak = peak.max(kib);
         }
-        if drained(root, &per_partition) {
+        if drained(&root.join("data"), LOCAL_TOPIC, &per_partition) {
             break;
         }
         if let Ok(Some(status)) = child.0.try_wait() {
@@ -262,13 +277,11 @@ fn partition_counts(args: &ReplicateBenchArgs) -> Vec<u64> {
     counts
 }
 
-fn drained(root: &Path, per_partition: &[u64]) -> bool {
+/// Whether every partition of `topic` in the log at `data` has its
+/// persisted replication cursor at (or past) `per_partition[p]`.
+pub(super) fn drained(data: &Path, topic: &str, per_partition: &[u64]) -> bool {
     per_partition.iter().enumerate().all(|(p, &end)| {
-        let path = root
-            .join("data")
-            .join(LOCAL_TOPIC)
-            .join(p.to_string())
-            .join(META_FILE);
+        let path = data.join(topic).join(p.to_string()).join(META_FILE);
         match checkpoint::read::<PartitionMeta>(&OsStorage, &path) {
             Ok(Some(meta)) => meta.replicated.unwrap_or(0) >= end,
             _ => false,

@@ -147,6 +147,7 @@ pub mod shape;
 pub mod status;
 pub mod stream;
 pub mod tail;
+mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -215,6 +216,8 @@ impl Replicator {
             brokers: reset::bootstrap_addrs(&config.bootstrap_servers),
             reaping: Vec::new(),
             next_reset_scan: Instant::now(),
+            meter: wire::WireMeter::default(),
+            next_wire_sample: Instant::now(),
             status_dirty: true,
             appended: std::task::Waker::from(Arc::new(runner::AppendedWaker(tx.clone()))),
             config,

@@ -65,6 +65,11 @@ impl crate::observe::Section for Observer {
             u.missing_topic_errors,
         );
         w.counter(
+            "tidewell_upstream_wire_bytes_total",
+            "Bytes sent to the brokers as the kernel counted them: compressed, framed, TLS and every request included (what a metered link bills, without TCP/IP headers).",
+            u.wire_bytes_sent,
+        );
+        w.counter(
             "tidewell_upstream_disconnects_total",
             "Times the brokers became unreachable during a session.",
             u.disconnects,

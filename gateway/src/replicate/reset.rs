@@ -45,14 +45,36 @@ pub fn broker_addrs(host: &str, port: i32) -> Vec<SocketAddr> {
 /// Makes every TCP socket of this process connected to one of `brokers`
 /// reset (and drop its unsent bytes) when it is closed. Returns how many.
 pub fn reset_on_close(brokers: &HashSet<SocketAddr>) -> usize {
+    broker_sockets(brokers)
+        .into_iter()
+        .filter(|&(fd, _)| set_linger_zero(fd))
+        .count()
+}
+
+/// This process's TCP sockets connected to one of `brokers`: each
+/// descriptor with its socket's inode (which, unlike the descriptor
+/// number, is never reused while the socket lives).
+pub fn broker_sockets(brokers: &HashSet<SocketAddr>) -> Vec<(i32, u64)> {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return 0;
+        return Vec::new();
     };
     fds.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&fd| peer(fd).is_some_and(|p| brokers.contains(&unmapped(p))))
-        .filter(|&fd| set_linger_zero(fd))
-        .count()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let inode = socket_inode(&std::fs::read_link(entry.path()).ok()?)?;
+            Some((fd, inode))
+        })
+        .filter(|&(fd, _)| peer(fd).is_some_and(|p| brokers.contains(&unmapped(p))))
+        .collect()
+}
+
+/// The inode of a `/proc/self/fd` link target of the form `socket:[N]`.
+fn socket_inode(target: &std::path::Path) -> Option<u64> {
+    let name = target.to_str()?;
+    name.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// An IPv4-mapped IPv6 peer as the IPv4 address it is.

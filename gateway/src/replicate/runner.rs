@@ -15,6 +15,7 @@ use super::error::{is_authorization, is_missing, UpstreamError};
 use super::send::{fill_stream, Bucket, Window};
 use super::status::{PartitionStatus, Status, UpstreamState, UpstreamStatus};
 use super::stream::Stream;
+use super::wire::WireMeter;
 use super::{reset, tail};
 use crate::log::{now_ms, Backlog, Log, Offset};
 
@@ -22,8 +23,12 @@ use crate::log::{now_ms, Backlog, Log, Offset};
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// While the bandwidth cap holds a backlog back: how often it is looked at.
 const CAPPED_WAIT: Duration = Duration::from_millis(20);
-/// While sending: how often new broker connections are made to reset on close.
+/// While sending: how often new broker connections are made to reset on
+/// close, and their bytes on the wire counted.
 const RESET_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Under a bandwidth cap: how often the bytes on the wire are counted and
+/// the cap's estimate corrected.
+const CAPPED_WIRE_SAMPLE: Duration = Duration::from_millis(250);
 /// How often a new session looks whether the failed one is destroyed.
 const REAP_WAIT: Duration = Duration::from_millis(50);
 /// At a clean stop: how often in-flight acknowledgements are looked for.
@@ -64,6 +69,10 @@ pub struct Runner {
     pub brokers: std::collections::HashSet<std::net::SocketAddr>,
     /// When `arm_resets` looks for new broker connections next.
     pub next_reset_scan: Instant,
+    /// Bytes sent to the brokers, read from the kernel (see `wire`).
+    pub meter: WireMeter,
+    /// When `meter_wire` counts next.
+    pub next_wire_sample: Instant,
     /// Failed sessions' clients being destroyed; the next session reads the
     /// remote tails only once they are gone.
     pub reaping: Vec<std::thread::JoinHandle<()>>,
@@ -91,6 +100,7 @@ impl Runner {
             // Read before the log is: records published after it wake the wait.
             let seen = self.log.published();
             let progressed = (self.producer.is_some() || self.try_connect()) && self.fill();
+            self.meter_wire();
             if progressed {
                 self.status_dirty = true;
                 self.arm_resets();
@@ -187,6 +197,32 @@ impl Runner {
         }
         self.next_reset_scan = now + RESET_SCAN_INTERVAL;
         reset::reset_on_close(&self.brokers);
+    }
+
+    /// Counts what went on the wire since the last sample (at most once a
+    /// second, four times under a cap) and settles the cap's estimate.
+    fn meter_wire(&mut self) {
+        let now = Instant::now();
+        if self.producer.is_none() || now < self.next_wire_sample {
+            return;
+        }
+        let interval = match self.bucket {
+            Some(_) => CAPPED_WIRE_SAMPLE,
+            None => RESET_SCAN_INTERVAL,
+        };
+        self.next_wire_sample = now + interval;
+        self.count_wire();
+    }
+
+    fn count_wire(&mut self) {
+        let wire = self.meter.sample(&self.brokers);
+        self.upstream.wire_bytes_sent = self.meter.total;
+        if let Some(bucket) = &mut self.bucket {
+            bucket.measured(wire);
+        }
+        if wire > 0 {
+            self.status_dirty = true;
+        }
     }
 
     /// Whether every client of a failed session has been destroyed (its
@@ -424,6 +460,8 @@ impl Runner {
     fn teardown(&mut self, e: UpstreamError) {
         let e = self.explain_fatal(e);
         if let Some(producer) = self.producer.take() {
+            // The last count of these connections: they are about to close.
+            self.count_wire();
             let reset = reset::reset_on_close(&self.brokers);
             tracing::debug!("{reset} broker connection(s) of the failed session reset on close");
             self.reaping.extend(reap(producer));

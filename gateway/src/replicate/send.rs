@@ -23,12 +23,34 @@ pub struct Window {
     pub bytes: u64,
 }
 
-/// Token bucket for `bandwidth_bytes_per_s`; at most one second of burst.
+/// Token bucket for `bandwidth_bytes_per_s`, in bytes on the wire; at
+/// most one second of burst.
+///
+/// What a record costs on the wire is known only after librdkafka has
+/// compressed and sent it, so a record is charged an estimate when it is
+/// handed over (its weight times the wire bytes per record byte learned so
+/// far), and each count of the wire ([`Bucket::measured`], four times a
+/// second) replaces the estimates since the previous count with what was
+/// really sent. Over any stretch longer than a few counts the bucket is
+/// charged exactly the bytes the kernel sent, so the cap holds on the
+/// wire; the estimate only shapes the next quarter second.
 pub struct Bucket {
     rate: f64,
     tokens: f64,
     last: Instant,
+    /// Wire bytes per record byte (compression, batching, framing).
+    ratio: f64,
+    /// Charged as estimates since the last count.
+    estimated: f64,
+    /// Record bytes handed to librdkafka since the last count.
+    handed: u64,
 }
+
+/// The first estimate: no compression, a little framing. Learning makes it
+/// smaller within a second of sending.
+const FIRST_RATIO: f64 = 1.0;
+/// The ratio is learned only from counts over at least this many record bytes.
+const LEARN_MIN_BYTES: u64 = 4096;
 
 impl Bucket {
     pub fn new(bytes_per_s: u64) -> Bucket {
@@ -36,23 +58,41 @@ impl Bucket {
             rate: bytes_per_s as f64,
             tokens: 0.0,
             last: Instant::now(),
+            ratio: FIRST_RATIO,
+            estimated: 0.0,
+            handed: 0,
         }
     }
 
-    /// Bytes that may be sent now (0: wait). A read may overshoot: it
-    /// returns whole records, and the log's byte budget does not count the
-    /// provenance headers (or the envelope) that `send` does. The debt is
-    /// paid before the next read, so the rate holds on average.
+    /// Record bytes that may be handed over now (0: wait). A read may
+    /// overshoot: it returns whole records. The debt is paid before the
+    /// next read, so the rate holds on average.
     fn allowance(&mut self) -> u64 {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.tokens.max(0.0) as u64
+        (self.tokens.max(0.0) / self.ratio) as u64
     }
 
     fn take(&mut self, bytes: u64) {
-        self.tokens -= bytes as f64;
+        let estimate = bytes as f64 * self.ratio;
+        self.tokens -= estimate;
+        self.estimated += estimate;
+        self.handed += bytes;
+    }
+
+    /// `wire` bytes were sent since the last count: they replace the
+    /// estimates charged since then, and teach the ratio.
+    pub fn measured(&mut self, wire: u64) {
+        self.tokens += self.estimated - wire as f64;
+        self.tokens = self.tokens.min(self.rate);
+        if self.handed >= LEARN_MIN_BYTES {
+            let seen = wire as f64 / self.handed as f64;
+            self.ratio = (0.5 * self.ratio + 0.5 * seen).clamp(0.01, 4.0);
+        }
+        self.estimated = 0.0;
+        self.handed = 0;
     }
 }
 
@@ -156,7 +196,8 @@ const RECORD_OVERHEAD: u64 = 16;
 
 /// Hands one record to the producer, shaped by its mirror rule. Returns
 /// what it weighs upstream before compression (key, value, headers and
-/// framing: what the bandwidth cap and the in-flight window count), or
+/// framing: what the in-flight window counts, and what the bandwidth cap
+/// scales by its learned ratio until the wire is counted), or
 /// `None` when librdkafka's queue is full.
 fn send(
     producer: &Producer,
@@ -233,4 +274,41 @@ fn skip_unreadable(stream: &mut Stream, e: ReadError) -> bool {
     }
     stream.skip(from, to);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A count of the wire replaces the estimates: whatever the ratio
+    /// guessed, the bucket ends up charged the bytes really sent, and the
+    /// learned ratio lets more record bytes through when they compress.
+    #[test]
+    fn the_cap_is_charged_what_the_wire_counted() {
+        let mut b = Bucket::new(10_000);
+        b.tokens = 10_000.0;
+        b.take(8_000); // estimated at 1:1
+        assert_eq!(b.tokens, 2_000.0);
+        b.measured(1_000); // it compressed 8:1
+        assert_eq!(b.tokens, 9_000.0, "charged the 1,000 wire bytes only");
+        assert!((b.ratio - 0.5625).abs() < 1e-9, "ratio {}", b.ratio);
+        b.last = Instant::now();
+        let allowed = b.allowance();
+        assert!(
+            (15_900..=16_100).contains(&allowed),
+            "9,000 wire bytes left at 0.5625 wire bytes per record byte: {allowed}"
+        );
+    }
+
+    /// Traffic the estimate did not foresee (metadata, retransmissions, a
+    /// ratio that was too low) is a debt that holds the next records back.
+    #[test]
+    fn unforeseen_wire_bytes_are_a_debt() {
+        let mut b = Bucket::new(1_000);
+        b.tokens = 1_000.0;
+        b.measured(3_000);
+        assert_eq!(b.tokens, -2_000.0);
+        b.last = Instant::now();
+        assert_eq!(b.allowance(), 0);
+    }
 }

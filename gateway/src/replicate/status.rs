@@ -39,6 +39,10 @@ pub struct UpstreamStatus {
     pub authorization_errors: u64,
     pub missing_topic_errors: u64,
     pub disconnects: u64,
+    /// Bytes sent to the brokers, as the kernel counted them (see `wire`):
+    /// compressed, framed, every request and TLS included.
+    #[serde(default)]
+    pub wire_bytes_sent: u64,
 }
 
 impl UpstreamStatus {
@@ -54,6 +58,7 @@ impl UpstreamStatus {
             authorization_errors: 0,
             missing_topic_errors: 0,
             disconnects: 0,
+            wire_bytes_sent: 0,
         }
     }
 
