@@ -20,6 +20,7 @@ use harness::mqtt::publish;
 use harness::tansu::{Broker, TlsFront};
 use harness::{free_port, wait_until, Gateway, Launch};
 use kafka::{by_key, consume_all, consume_all_python, consume_all_with, drained, status};
+use tidewell::bench::proxy::CountingProxy;
 
 const GATEWAY_ID: &str = "gw-test";
 const REMOTE: &str = "gw-test.ingest";
@@ -275,13 +276,21 @@ fn sigkill_while_draining_adds_no_duplicates() {
     gateway.stop();
 }
 
-/// `bandwidth_bytes_per_s` holds a backlog's drain to the cap, counting
-/// every byte a record carries upstream: key, value and headers (ours
-/// included), so small records with many headers are not undercounted.
+/// `bandwidth_bytes_per_s` holds a backlog's drain to the cap on the wire:
+/// bytes counted by a proxy between the gateway and the broker (the broker
+/// advertises the proxy, so produce requests go through it) stay within
+/// the rate plus one second of burst, and the drain is paced by those
+/// compressed bytes, not by the records' much larger size before
+/// compression.
 #[test]
-fn the_bandwidth_cap_paces_a_backlog_drain() {
-    const CAP: u64 = 20_000;
+fn the_bandwidth_cap_paces_a_backlog_drain_by_bytes_on_the_wire() {
+    const CAP: u64 = 4_000;
     let (dir, mut broker) = setup();
+    let broker_addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.port));
+    let proxy = CountingProxy::start("127.0.0.1:0".parse().unwrap(), broker_addr).unwrap();
+    broker.stop();
+    broker.advertised_port = Some(proxy.addr.port());
+    broker.restart();
     let cfg = config(
         dir.path(),
         &broker,
@@ -291,28 +300,41 @@ fn the_bandwidth_cap_paces_a_backlog_drain() {
     let gateway = Gateway::start(dir.path(), &cfg);
     broker.stop();
     publish_devices(gateway.port(), 4, 0..500);
+    let before = proxy.sent();
     broker.restart();
     let started = Instant::now();
     wait_drained(&gateway, 2000, Duration::from_secs(120));
-    let elapsed = started.elapsed();
+    let elapsed = started.elapsed().as_secs_f64();
+    let wire = proxy.sent() - before;
 
     assert_eq!(assert_complete(&broker, 4, 500), 0, "duplicates");
     let records = consume_all(&broker.bootstrap(), REMOTE, PARTITIONS as i32);
-    let bytes: usize = records
+    let record_bytes: usize = records
         .iter()
         .map(|r| {
             let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
             r.key.as_ref().map_or(0, Vec::len) + r.value.len() + headers
         })
         .sum();
-    // One second of burst is allowed on top of the rate.
-    let floor = Duration::from_secs_f64((bytes as f64 / CAP as f64 - 1.0).max(0.0));
+    let wire_rate = wire as f64 / elapsed;
     eprintln!(
-        "bandwidth cap {CAP} B/s: {bytes} record bytes drained in {elapsed:?} (floor {floor:?})"
+        "bandwidth cap {CAP} B/s: {wire} bytes on the wire in {elapsed:.1} s ({wire_rate:.0} B/s); {record_bytes} record bytes before compression"
     );
+    // At most the rate plus one second of burst, and 10% for the estimate
+    // of the last quarter second.
     assert!(
-        elapsed >= floor,
-        "{bytes} bytes upstream in {elapsed:?} at a cap of {CAP} B/s"
+        wire as f64 <= CAP as f64 * (elapsed + 1.0) * 1.1,
+        "{wire} bytes on the wire in {elapsed:.1} s at a cap of {CAP} B/s"
+    );
+    // The cap paces the drain: it took about as long as the wire bytes need.
+    assert!(
+        elapsed >= (wire as f64 / CAP as f64 - 1.0) * 0.9,
+        "{wire} bytes on the wire in only {elapsed:.1} s at a cap of {CAP} B/s"
+    );
+    // Counting bytes before compression would have taken this much longer.
+    assert!(
+        elapsed < record_bytes as f64 / CAP as f64 / 2.0,
+        "{record_bytes} record bytes took {elapsed:.1} s: the cap counted them, not the wire"
     );
     gateway.stop();
 }

@@ -10,8 +10,8 @@
 //! - **backlog**: a copy of the log drained by `tidewell run` under each
 //!   record shape (`full`, `compact`, `compact` without ingest headers,
 //!   `off`, the JSON envelope), with lz4 and zstd; and confluent-kafka
-//!   producing the log's keys and values with the same settings. Both
-//!   counts include the session's set-up.
+//!   producing the log's records (timestamps, keys and values, no headers)
+//!   with the same settings. Both counts include the session's set-up.
 //! - **live**: the devices publish at `--live-rate` readings/s to a gateway
 //!   that replicates at once (`compact`, zstd, `linger_ms = 1000`), and
 //!   confluent-kafka produces the same records at the same pace with
@@ -265,7 +265,7 @@ fn wait_drained(dir: &Path, records: u64) -> anyhow::Result<()> {
 /// Waits until the gateway's session is up (its status says connected).
 fn wait_connected(http: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get_json(http, "/status")?["upstream"]["upstream"]["state"] != "connected" {
+    while http_get_json(http, "/status")?["upstream"]["state"] != "connected" {
         if Instant::now() > deadline {
             bail!("the gateway's upstream session did not come up within 60 s");
         }
@@ -279,7 +279,7 @@ fn wait_connected(http: SocketAddr) -> anyhow::Result<()> {
 fn wire_meter(http: SocketAddr) -> anyhow::Result<u64> {
     let read = || -> anyhow::Result<u64> {
         Ok(
-            http_get_json(http, "/status")?["upstream"]["upstream"]["wire_bytes_sent"]
+            http_get_json(http, "/status")?["upstream"]["wire_bytes_sent"]
                 .as_u64()
                 .unwrap_or(0),
         )
@@ -386,9 +386,10 @@ pub fn reading(device: usize, k: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Writes the keys and values of partition 0 of the log in `data` to
-/// `path` (u32 little-endian lengths, key then value; an absent key is
-/// length 0xFFFFFFFF) for the reference producer; returns how many.
+/// Writes the timestamps, keys and values of partition 0 of the log in
+/// `data` to `path` (i64 little-endian milliseconds, then u32 little-endian
+/// lengths, key then value; an absent key is length 0xFFFFFFFF) for the
+/// reference producer, which sends the same records; returns how many.
 fn export(data: &Path, path: &Path) -> anyhow::Result<u64> {
     let data = if data.ends_with("data") {
         data.to_path_buf()
@@ -405,6 +406,7 @@ fn export(data: &Path, path: &Path) -> anyhow::Result<u64> {
         let Some(last) = records.last() else { break };
         next = last.offset.0 + 1;
         for r in &records {
+            out.write_all(&r.record.timestamp_ms.to_le_bytes())?;
             match &r.record.key {
                 Some(k) => {
                     out.write_all(&(k.len() as u32).to_le_bytes())?;
@@ -428,26 +430,26 @@ settings, path, topic, rate = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3],
 data = open(path, 'rb').read()
 records, at = [], 0
 while at < len(data):
-    (klen,) = struct.unpack_from('<I', data, at); at += 4
+    (ts, klen) = struct.unpack_from('<qI', data, at); at += 12
     key = None
     if klen != 0xFFFFFFFF:
         key = data[at:at + klen]; at += klen
     (vlen,) = struct.unpack_from('<I', data, at); at += 4
-    records.append((key, data[at:at + vlen])); at += vlen
+    records.append((ts, key, data[at:at + vlen])); at += vlen
 p = Producer(settings)
 if rate > 0:
     p.list_topics(topic, timeout=30)
     print('ready', flush=True)
     sys.stdin.readline()
 start = time.perf_counter()
-for i, (key, value) in enumerate(records):
+for i, (ts, key, value) in enumerate(records):
     if rate > 0:
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             p.poll(delay)
     while True:
         try:
-            p.produce(topic, value, key=key, partition=0)
+            p.produce(topic, value, key=key, partition=0, timestamp=ts)
             break
         except BufferError:
             p.poll(0.005)

@@ -17,10 +17,10 @@ pub struct UpstreamConfig {
     /// `{gateway_id}.{topic}`, same partition numbers.
     pub mirror: Vec<MirrorRule>,
     pub priority: Priority,
-    /// Upstream bandwidth cap for metered links, in record bytes per second
-    /// before compression: key, value, every header (the `tidewell.*` ones
-    /// included) and about 16 bytes of framing per record. At most one
-    /// second's worth goes out in a burst.
+    /// Upstream bandwidth cap for metered links, in bytes per second on the
+    /// wire: what the kernel sent on the broker connections, after
+    /// compression, with every request, framing and TLS (not TCP/IP
+    /// headers). At most one second's worth goes out in a burst.
     pub bandwidth_bytes_per_s: Option<u64>,
     /// Records sent and not yet acknowledged, per local partition.
     pub max_in_flight_records: usize,

@@ -218,6 +218,7 @@ impl Replicator {
             next_reset_scan: Instant::now(),
             meter: wire::WireMeter::default(),
             next_wire_sample: Instant::now(),
+            wire_pending: false,
             status_dirty: true,
             appended: std::task::Waker::from(Arc::new(runner::AppendedWaker(tx.clone()))),
             config,

@@ -73,6 +73,9 @@ pub struct Runner {
     pub meter: WireMeter,
     /// When `meter_wire` counts next.
     pub next_wire_sample: Instant,
+    /// Records were sent since the wire was last counted with nothing in
+    /// flight: one more count is due (so a short burst is counted whole).
+    pub wire_pending: bool,
     /// Failed sessions' clients being destroyed; the next session reads the
     /// remote tails only once they are gone.
     pub reaping: Vec<std::thread::JoinHandle<()>>,
@@ -100,6 +103,7 @@ impl Runner {
             // Read before the log is: records published after it wake the wait.
             let seen = self.log.published();
             let progressed = (self.producer.is_some() || self.try_connect()) && self.fill();
+            self.wire_pending |= progressed;
             self.meter_wire();
             if progressed {
                 self.status_dirty = true;
@@ -145,6 +149,9 @@ impl Runner {
         }
         if self.status_dirty {
             due.push(self.last_status + STATUS_INTERVAL);
+        }
+        if self.producer.is_some() && self.wire_pending {
+            due.push(self.next_wire_sample);
         }
         if self.bucket.is_some() && self.streams.iter().any(|s| !s.caught_up) {
             due.push(now + CAPPED_WAIT);
@@ -203,7 +210,7 @@ impl Runner {
     /// second, four times under a cap) and settles the cap's estimate.
     fn meter_wire(&mut self) {
         let now = Instant::now();
-        if self.producer.is_none() || now < self.next_wire_sample {
+        if self.producer.is_none() || !self.wire_pending || now < self.next_wire_sample {
             return;
         }
         let interval = match self.bucket {
@@ -211,6 +218,8 @@ impl Runner {
             None => RESET_SCAN_INTERVAL,
         };
         self.next_wire_sample = now + interval;
+        // Acknowledged means its request was sent whole: this count has it.
+        self.wire_pending = self.streams.iter().any(|s| s.in_flight_records() > 0);
         self.count_wire();
     }
 

@@ -45,6 +45,9 @@ impl WireMeter {
         let mut now = HashMap::new();
         let mut delta = 0;
         for (fd, inode) in reset::broker_sockets(brokers) {
+            if now.contains_key(&inode) {
+                continue; // another descriptor of the same socket
+            }
             let Some(sent) = bytes_sent(fd) else {
                 continue;
             };
@@ -119,8 +122,8 @@ mod tests {
         assert_eq!(bytes_sent(server.as_raw_fd()), Some(0));
     }
 
-    /// The meter counts a broker's sockets from their start, once, and
-    /// ignores sockets to other peers.
+    /// The meter counts a broker's sockets from their start, once (also
+    /// when two descriptors share a socket), and ignores sockets to other peers.
     #[test]
     fn the_meter_counts_each_broker_socket_once() {
         let broker = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -130,6 +133,7 @@ mod tests {
         let (mut b, _) = broker.accept().unwrap();
         let (mut o, _) = other.accept().unwrap();
         let brokers = HashSet::from([broker.local_addr().unwrap()]);
+        let _second_descriptor = to_broker.try_clone().unwrap();
         let mut meter = WireMeter::default();
         to_broker.write_all(&[1u8; 1000]).unwrap();
         to_other.write_all(&[1u8; 500]).unwrap();
