@@ -55,6 +55,27 @@ pub struct ReplicateBenchArgs {
     pub bootstrap: Option<String>,
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// The tansu binary to start (one built with `--features libsql,dynostore`
+    /// for `--storage-engine memory://tansu/`).
+    #[arg(long, default_value = "tansu")]
+    pub tansu: String,
+    /// Tansu's storage: SQLite (the default) or `memory://tansu/`, which
+    /// takes records faster than either producer sends them.
+    #[arg(long, default_value = "sqlite://tansu.db")]
+    pub storage_engine: String,
+}
+
+/// How to start a tansu broker.
+pub(super) struct Tansu<'a> {
+    pub binary: &'a str,
+    pub storage_engine: &'a str,
+}
+
+impl Tansu<'static> {
+    pub const SQLITE: Tansu<'static> = Tansu {
+        binary: "tansu",
+        storage_engine: "sqlite://tansu.db",
+    };
 }
 
 const LOCAL_TOPIC: &str = "bench";
@@ -79,7 +100,11 @@ fn run_in(args: &ReplicateBenchArgs, root: &Path) -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => {
             let topics = [OURS, REFERENCE, REFERENCE_HEADERS].map(String::from);
-            let (child, addr) = start_tansu(root, args.partitions, &topics, None)?;
+            let tansu = Tansu {
+                binary: &args.tansu,
+                storage_engine: &args.storage_engine,
+            };
+            let (child, addr) = start_tansu(&tansu, root, args.partitions, &topics, None)?;
             broker = Some(child);
             addr.to_string()
         }
@@ -119,6 +144,7 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
 /// advertising `advertised_port` (a proxy in front of it) or its own, with
 /// `topics` created; returns it and the address it listens on.
 pub(super) fn start_tansu(
+    tansu: &Tansu<'_>,
     root: &Path,
     partitions: u32,
     topics: &[String],
@@ -129,9 +155,9 @@ pub(super) fn start_tansu(
     let port = free_port()?;
     let url = format!("tcp://127.0.0.1:{port}");
     let advertised = format!("tcp://127.0.0.1:{}", advertised_port.unwrap_or(port));
-    let child = Command::new("tansu")
+    let child = Command::new(tansu.binary)
         .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", tansu.storage_engine])
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -13,7 +13,8 @@
 //!   producing the log's records (timestamps, keys and values, no headers)
 //!   with the same settings. Both counts include the session's set-up.
 //! - **live**: the devices publish at `--live-rate` readings/s to a gateway
-//!   that replicates at once (`compact`, zstd, `linger_ms = 1000`), and
+//!   that replicates at once (`full`, `compact` and `compact` without
+//!   ingest headers; zstd, `linger_ms = 1000`), and
 //!   confluent-kafka produces the same records at the same pace with
 //!   `linger.ms = 1000`. Both counts start once the producer is connected.
 //!
@@ -32,7 +33,7 @@ use clap::Args;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use super::proxy::CountingProxy;
-use super::replicate::{drained, free_port, start_tansu};
+use super::replicate::{drained, free_port, start_tansu, Tansu};
 use super::{http_get_json, start_gateway, start_gateway_ready, stop, KillOnDrop};
 use crate::log::{Log, LogConfig, Offset, OsStorage, Partition, TopicConfig};
 use crate::replicate::client::producer_settings;
@@ -96,12 +97,13 @@ struct Upstream {
 
 fn run_in(args: &WireBenchArgs, root: &Path) -> anyhow::Result<()> {
     let proxy_port = free_port()?;
-    let mut topics = vec!["live.tidewell".to_string(), "live.reference".to_string()];
+    let mut topics: Vec<String> = (0..3).map(|i| format!("live.tidewell{i}")).collect();
+    topics.push("live.reference".into());
     for c in ["lz4", "zstd"] {
         topics.push(format!("reference.{c}"));
         topics.extend((0..SHAPES.len()).map(|i| format!("shape{i}.{c}")));
     }
-    let (broker, broker_addr) = start_tansu(root, 1, &topics, Some(proxy_port))?;
+    let (broker, broker_addr) = start_tansu(&Tansu::SQLITE, root, 1, &topics, Some(proxy_port))?;
     let proxy = CountingProxy::start(SocketAddr::from(([127, 0, 0, 1], proxy_port)), broker_addr)?;
     let up = Upstream {
         proxy,
@@ -155,9 +157,49 @@ fn live(args: &WireBenchArgs, root: &Path, up: &Upstream) -> anyhow::Result<()> 
         "\nlive, {} readings/s for {} s ({count} readings), zstd, 1 s linger:",
         args.live_rate, args.live_seconds
     );
-    let dir = root.join("live");
-    let rule = "provenance = \"compact\"\nlinger_ms = 1000";
-    let config = gateway_config(&dir, Some((up, "zstd", "live.tidewell", rule)))?;
+    let mut export = None;
+    for (i, (name, rule)) in SHAPES.iter().enumerate().take(3) {
+        let dir = root.join(format!("live{i}"));
+        let rule = format!("{rule}\nlinger_ms = 1000");
+        let ours = live_run(args, &dir, up, &format!("live.tidewell{i}"), &rule, count)?;
+        println!(
+            "tidewell, {name:<28} {:>6.1} B/record",
+            ours as f64 / count as f64
+        );
+        if export.is_none() {
+            let path = root.join("live.bin");
+            let n = self::export(&dir.join("data"), &path)?;
+            export = Some((path, n));
+        }
+    }
+    let (path, n) = export.context("no live run")?;
+    let theirs = reference_run(
+        args,
+        root,
+        up,
+        "zstd",
+        "live.reference",
+        Some((&path, args.live_rate)),
+    )?;
+    println!(
+        "confluent-kafka, linger.ms = 1000, no headers {:>6.1} B/record",
+        theirs as f64 / n as f64
+    );
+    Ok(())
+}
+
+/// A gateway replicating at once while the devices publish `count`
+/// readings at `--live-rate`; returns the bytes the proxy counted from the
+/// moment its session was up until everything was acknowledged.
+fn live_run(
+    args: &WireBenchArgs,
+    dir: &Path,
+    up: &Upstream,
+    remote: &str,
+    rule: &str,
+    count: usize,
+) -> anyhow::Result<u64> {
+    let config = gateway_config(dir, Some((up, "zstd", remote, rule)))?;
     let (mut child, ready) = start_gateway_ready(&config)?;
     let result = (|| {
         let mqtt = ready
@@ -169,28 +211,11 @@ fn live(args: &WireBenchArgs, root: &Path, up: &Upstream) -> anyhow::Result<()> 
         wait_connected(http)?;
         let before = up.proxy.sent();
         publish(args, mqtt, count, Some(args.live_rate))?;
-        wait_drained(&dir, count as u64)?;
+        wait_drained(dir, count as u64)?;
         Ok::<_, anyhow::Error>(up.proxy.sent() - before)
     })();
     stop(&mut child);
-    let ours = result? as f64 / count as f64;
-    let export = root.join("live.bin");
-    let n = self::export(&dir.join("data"), &export)?;
-    let theirs = reference_run(
-        args,
-        root,
-        up,
-        "zstd",
-        "live.reference",
-        Some((&export, args.live_rate)),
-    )?;
-    let theirs = theirs as f64 / n as f64;
-    println!("tidewell, compact, linger_ms = 1000:     {ours:>6.1} B/record");
-    println!(
-        "confluent-kafka, linger.ms = 1000:       {theirs:>6.1} B/record  ({:.2}x)",
-        ours / theirs
-    );
-    Ok(())
+    result
 }
 
 /// A config: MQTT on a free loopback port, a status port, one partition,
