@@ -125,7 +125,7 @@ if [ -n "${CONFORMANCE_ONLY:-}" ]; then
     read -r -a TESTS <<< "$CONFORMANCE_ONLY"
 else
     # The suite's own loader: a test commented out in the file is not one.
-    mapfile -t TESTS < <(cd "$WORK" && PYTHONPATH="$SUITE_PATH" python3 -W ignore -c \
+    mapfile -t TESTS < <(cd "$WORK" && PYTHONPATH="$SUITE_PATH" python3 -B -W ignore -c \
         'import unittest, test_mqttv5; print("\n".join(unittest.TestLoader().getTestCaseNames(test_mqttv5.Test)))')
     [ "${#TESTS[@]}" -ge 20 ] || fail_setup "found only ${#TESTS[@]} tests in $SUITE"
 fi
@@ -136,7 +136,7 @@ allowed() { grep -qE "^$1([[:space:]]|$)" "$HERE/allowlist.txt"; }
 run_one() {
     # cwd: the suite appends the relative "paho.mqtt.testing/interoperability/"
     # to sys.path; the empty work directory keeps that from finding anything.
-    (cd "$WORK" && CONFORMANCE_PORT="$2" PYTHONPATH="$SUITE_PATH" \
+    (cd "$WORK" && CONFORMANCE_PORT="$2" PYTHONPATH="$SUITE_PATH" PYTHONDONTWRITEBYTECODE=1 \
         timeout "$TEST_TIMEOUT_S" python3 -m unittest "test_mqttv5.Test.$3") > "$1/$3.log" 2>&1
 }
 
