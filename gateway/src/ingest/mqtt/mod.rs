@@ -90,6 +90,8 @@ pub use codec::fuzz_stream;
 pub use config::MqttConfig;
 pub use error::{ConnError, StartError};
 pub use stats::MqttStats;
+#[doc(hidden)]
+pub use ws::fuzz_stream as fuzz_ws_stream;
 
 use crate::ingest::{Context, Running, Shutdown, Source, Starting};
 use crate::log::Log;

@@ -618,6 +618,32 @@ where
     wr.shutdown().await
 }
 
+/// The fuzz target `mqtt_ws_stream`: the first byte picks the frame limit;
+/// up to the first blank line is an upgrade request, the rest client
+/// frames, pumped into a sink. Never panics, whatever the bytes.
+pub fn fuzz_stream(data: &[u8]) {
+    let Some((&knobs, rest)) = data.split_first() else {
+        return;
+    };
+    let max = 16 + usize::from(knobs) * 64;
+    let (head, mut frames) = match rest.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => rest.split_at(at + 4),
+        None => (rest, &[][..]),
+    };
+    let _ = check_request(head);
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    runtime.block_on(async {
+        let (control, mut pongs) = mpsc::channel(4);
+        let run = async move {
+            let _ = frames_to_pipe(&mut frames, &mut tokio::io::sink(), &control, max).await;
+        };
+        let drain = async { while pongs.recv().await.is_some() {} };
+        tokio::join!(run, drain);
+    });
+}
+
 #[cfg(test)]
 #[path = "ws_tests.rs"]
 mod tests;
