@@ -311,3 +311,25 @@ fn wss_with_a_test_ca_carries_mqtt() {
     assert_eq!(of(&events, "puback").len(), 1, "{events:?}");
     assert_eq!(payloads(dir.path()), ["sealed"]);
 }
+
+#[test]
+fn anonymous_websockets_off_loopback_are_refused_by_config_check() {
+    let dir = harness::temp_dir();
+    let path = harness::write_config(
+        dir.path(),
+        &format!(
+            "{}[mqtt]\nws_listen = \"0.0.0.0:8080\"\n",
+            harness::data_dir_line(dir.path())
+        ),
+    );
+    let out = harness::tidewell(
+        &["config", "check", "--config", path.to_str().unwrap()],
+        None,
+    );
+    let (stdout, stderr) = harness::text(&out);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("ws_listen = 0.0.0.0:8080 is not a loopback address"),
+        "{stdout}{stderr}"
+    );
+}
