@@ -12,8 +12,9 @@ use tidewell::fuzzing;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 3] = [
+const TARGETS: [(&str, Target); 4] = [
     ("mqtt_stream", fuzzing::mqtt_stream),
+    ("mqtt_ws_stream", fuzzing::mqtt_ws_stream),
     ("record_batch", fuzzing::record_batch),
     ("segment_recovery", fuzzing::segment_recovery),
 ];

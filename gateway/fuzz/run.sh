@@ -29,7 +29,7 @@ run() { # crate-dir target
     fi
 }
 
-for target in mqtt_stream record_batch segment_recovery; do
+for target in mqtt_stream mqtt_ws_stream record_batch segment_recovery; do
     run gateway "$target"
 done
 run firmware-proto frame_decoder

@@ -17,6 +17,7 @@ use crate::log::{
 };
 
 pub use crate::ingest::mqtt::fuzz_stream as mqtt_stream;
+pub use crate::ingest::mqtt::fuzz_ws_stream as mqtt_ws_stream;
 
 /// The record batch decoder: parse, verify and decode; a batch that decodes
 /// re-encodes to a batch that decodes to the same records.

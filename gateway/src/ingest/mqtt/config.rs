@@ -20,6 +20,9 @@
 //! key_file = "/etc/tidewell/server.key"
 //! client_ca_file = "/etc/tidewell/clients-ca.pem"   # optional: require client certificates
 //!
+//! # MQTT over WebSockets (subprotocol `mqtt`), see ws.rs:
+//! # ws_listen = "127.0.0.1:8080" under [mqtt]; [mqtt.wss] has the keys of [mqtt.tls]
+//!
 //! [[mqtt.users]]
 //! username = "sensor-17"
 //! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."  # `tidewell mqtt hash-password`
@@ -53,6 +56,10 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// Optional TLS listener (rustls).
     pub tls: Option<TlsConfig>,
+    /// Optional MQTT over WebSocket listener (subprotocol `mqtt`, see `ws.rs`).
+    pub ws_listen: Option<SocketAddr>,
+    /// Optional MQTT over secure WebSocket listener (keys as for `tls`).
+    pub wss: Option<TlsConfig>,
     /// Clients without username may connect (loopback listeners, or TLS
     /// listeners that verify client certificates, only).
     pub allow_anonymous: bool,
@@ -152,6 +159,8 @@ impl Default for MqttConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             tls: None,
+            ws_listen: None,
+            wss: None,
             allow_anonymous: true,
             anonymous_publish_acl: default_publish_acl(),
             anonymous_subscribe_acl: vec!["#".to_string()],
@@ -177,7 +186,10 @@ impl MqttConfig {
         if !self.enabled {
             return Ok(());
         }
-        if let Some(problem) = self.anonymous_exposure() {
+        if let Some(problem) = self
+            .anonymous_exposure()
+            .or_else(|| super::ws::anonymous_exposure(self))
+        {
             return bad("allow_anonymous", problem);
         }
         if !self.allow_anonymous && self.users.is_empty() && !self.client_certs() {

@@ -69,6 +69,7 @@ pub mod route;
 pub mod stats;
 mod tls;
 mod writer;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -89,6 +90,8 @@ pub use codec::fuzz_stream;
 pub use config::MqttConfig;
 pub use error::{ConnError, StartError};
 pub use stats::MqttStats;
+#[doc(hidden)]
+pub use ws::fuzz_stream as fuzz_ws_stream;
 
 use crate::ingest::{Context, Running, Shutdown, Source, Starting};
 use crate::log::Log;
@@ -155,6 +158,8 @@ impl Shared {
 pub struct MqttServer {
     pub local_addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
+    /// MQTT over WebSockets (`ws_listen`, `[mqtt.wss]`, see `ws.rs`).
+    pub ws_addrs: [Option<SocketAddr>; 2],
     pub stats: Arc<MqttStats>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -196,6 +201,12 @@ impl Running for MqttServer {
     fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
         let mut addresses = vec![("mqtt", self.local_addr)];
         addresses.extend(self.tls_addr.map(|tls| ("mqtts", tls)));
+        let [ws, wss] = self.ws_addrs;
+        addresses.extend(
+            ws.map(|a| ("mqtt-ws", a))
+                .into_iter()
+                .chain(wss.map(|a| ("mqtt-wss", a))),
+        );
         addresses
     }
 }
@@ -232,6 +243,8 @@ pub async fn start(
         shared.clone(),
         shutdown.clone(),
     ))];
+    let ws = ws::listen(config, &shared, &shutdown).await?;
+    tasks.extend(ws.tasks);
     let mut tls_addr = None;
     if let (Some(tls_config), Some(server_config)) = (&config.tls, tls) {
         let listener = bind(tls_config.listen).await?;
@@ -248,6 +261,7 @@ pub async fn start(
     Ok(MqttServer {
         local_addr,
         tls_addr,
+        ws_addrs: [ws.ws, ws.wss],
         stats,
         tasks,
     })
