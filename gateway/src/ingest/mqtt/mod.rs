@@ -63,11 +63,13 @@ pub mod config;
 mod connect;
 pub mod error;
 pub mod gate;
+mod message;
 mod observe;
 mod reader;
 pub mod route;
 pub mod stats;
 mod tls;
+mod will;
 mod writer;
 
 use std::collections::HashMap;
@@ -76,7 +78,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, Notify};
@@ -99,15 +100,7 @@ use route::Router;
 /// records (counted in `deliveries_lagged`).
 const HUB_CAPACITY: usize = 256;
 
-/// A durably appended publish, on its way to live subscribers.
-#[derive(Debug)]
-pub struct Live {
-    pub topic: Bytes,
-    pub payload: Bytes,
-    pub qos: u8,
-    /// The publishing connection (for MQTT 5 "no local").
-    pub origin: u64,
-}
+pub use message::Live;
 
 /// What every connection task shares.
 pub struct Shared {
@@ -121,6 +114,8 @@ pub struct Shared {
     /// Connected client ids: connection number and the signal that makes it
     /// give way to a newer connection with the same id.
     clients: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+    /// Wills waiting for their MQTT 5 delay interval.
+    wills: will::Delayed,
     next_conn: AtomicU64,
     /// `max_connections`, lowered to what the descriptor limit leaves.
     max_connections: u64,
@@ -131,9 +126,18 @@ impl Shared {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// A message is durable in the log: hand it to the subscribers.
+    fn durable(&self, message: Live) {
+        if self.hub.receiver_count() > 0 {
+            let _ = self.hub.send(Arc::new(message));
+        }
+    }
+
     /// Registers `client_id`; an older connection with the same id is told
-    /// to close (MQTT's session takeover).
+    /// to close (MQTT's session takeover), and a delayed will of that id is
+    /// cancelled.
     fn register(&self, client_id: &str, conn: u64) -> Arc<Notify> {
+        self.wills.cancel(client_id);
         let kick = Arc::new(Notify::new());
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, old)) = clients.insert(client_id.to_string(), (conn, kick.clone())) {
@@ -207,6 +211,14 @@ pub async fn start(
     log: Arc<Log>,
     shutdown: Shutdown,
 ) -> Result<MqttServer, StartError> {
+    let mut config = config.clone();
+    if config.resolve() {
+        tracing::warn!(
+            "mqtt: anonymous clients may publish to every topic (loopback-only listeners and no \
+             anonymous_publish_acl configured); set mqtt.anonymous_publish_acl to restrict them"
+        );
+    }
+    let config = &config;
     let router = Router::new(config, &log)?;
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let stats = Arc::new(MqttStats::default());
@@ -218,6 +230,7 @@ pub async fn start(
         hub: broadcast::channel(HUB_CAPACITY).0,
         gate: Arc::new(gate::Gate::new(config, stats.clone())),
         clients: Mutex::new(HashMap::new()),
+        wills: will::Delayed::default(),
         next_conn: AtomicU64::new(1),
         max_connections: connection_budget(config.max_connections as u64),
     });

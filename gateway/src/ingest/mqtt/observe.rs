@@ -89,6 +89,16 @@ fn mqtt_metrics(w: &mut MetricsWriter, m: &MqttStats) {
         "Records a slow local subscriber missed.",
         MqttStats::get(&m.deliveries_lagged),
     );
+    w.counter(
+        "tidewell_mqtt_deliveries_expired_total",
+        "Messages not delivered: their MQTT 5 message expiry had passed.",
+        MqttStats::get(&m.deliveries_expired),
+    );
+    w.counter(
+        "tidewell_mqtt_deliveries_too_large_total",
+        "Messages not delivered: larger than the subscriber's Maximum Packet Size.",
+        MqttStats::get(&m.deliveries_too_large),
+    );
 }
 
 fn gate_metrics(w: &mut MetricsWriter, g: &GateStats) {

@@ -35,6 +35,11 @@ pub struct MqttStats {
     pub deliveries: AtomicU64,
     /// Live records a slow subscriber missed (its queue overflowed).
     pub deliveries_lagged: AtomicU64,
+    /// Messages not delivered because their MQTT 5 expiry had passed.
+    pub deliveries_expired: AtomicU64,
+    /// Messages not delivered because they exceed the subscriber's Maximum
+    /// Packet Size (MQTT 5 says to drop them).
+    pub deliveries_too_large: AtomicU64,
     /// Password checks: run, cached, throttled, refused as busy.
     pub gate: GateStats,
 }

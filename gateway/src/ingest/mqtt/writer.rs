@@ -3,24 +3,26 @@
 //! durable, and acks leave in arrival order), and sends live records to the
 //! connection's subscriptions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rumqttd::protocol::{matches, DisconnectReasonCode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 
-use super::codec::{self, Out, Reason, Version};
+use super::codec::{self, Delivery, Out, Reason, Version};
 use super::connect::{Session, WRITE_TIMEOUT};
 use super::error::ConnError;
+use super::message::Live;
 use super::stats::MqttStats;
-use super::{Live, Shared};
-use crate::log::{AppendError, AppendTicket, Appended};
+use super::Shared;
+use crate::log::{self, AppendError, AppendTicket, Appended};
 
 /// Write buffer kept between flushes; larger ones are given back.
 const IDLE_WRITE_BYTES: usize = 512;
@@ -40,16 +42,18 @@ pub enum Entry {
     Send(Box<Out>),
     Subscribe(Box<(Vec<Sub>, Out)>),
     Unsubscribe(Box<(Vec<String>, Out)>),
-    /// The client acknowledged our QoS 1 delivery with this packet id.
+    /// The client finished our delivery with this packet id (PUBACK for
+    /// QoS 1, PUBCOMP for QoS 2).
     Delivered(u16),
+    /// The client received our QoS 2 delivery (PUBREC): PUBREL goes back.
+    Received(u16),
 }
 
-/// One appended publish waiting for its ack; topic and payload go to live
-/// subscribers once durable (they share the record's memory).
+/// One appended publish waiting for its ack; the message goes to
+/// subscribers once durable (it shares the record's memory).
 pub struct Pending {
     pub ack: Answer,
-    pub topic: Bytes,
-    pub payload: Bytes,
+    pub message: Live,
 }
 
 /// The acknowledgement a publish gets (by QoS: none, PUBACK, PUBREC).
@@ -68,14 +72,6 @@ impl Answer {
             _ => Answer::PubRec(pkid),
         }
     }
-
-    fn qos(self) -> u8 {
-        match self {
-            Answer::None => 0,
-            Answer::PubAck(_) => 1,
-            Answer::PubRec(_) => 2,
-        }
-    }
 }
 
 /// A granted subscription.
@@ -85,6 +81,11 @@ pub struct Sub {
     pub qos: u8,
     /// MQTT 5: do not deliver this connection's own publishes.
     pub no_local: bool,
+    /// MQTT 5: forward the retain flag of live messages as published
+    /// (otherwise only messages sent because of the subscription carry it).
+    pub retain_as_published: bool,
+    /// MQTT 5 subscription identifier, sent with each matching message.
+    pub id: Option<usize>,
 }
 
 /// The reason code for a failed append, counted.
@@ -113,11 +114,16 @@ pub struct Writer<W> {
     client_id: String,
     shared: Arc<Shared>,
     qos2: Arc<Mutex<HashSet<u16>>>,
+    /// QoS 1 publishes not yet acknowledged; each PUBACK counts one down.
+    qos1_unacked: Arc<AtomicUsize>,
     subs: Vec<Sub>,
     live: Option<broadcast::Receiver<Arc<Live>>>,
-    /// Our QoS 1 deliveries the client has not acknowledged yet.
-    inflight: HashSet<u16>,
+    /// Our QoS 1/2 deliveries the client has not finished yet, with their
+    /// QoS (the client's Receive Maximum bounds them).
+    inflight: HashMap<u16, u8>,
     max_inflight: usize,
+    /// The client's Maximum Packet Size: larger deliveries are dropped.
+    max_packet: usize,
     next_pkid: u16,
 }
 
@@ -127,6 +133,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         session: &Session,
         shared: Arc<Shared>,
         qos2: Arc<Mutex<HashSet<u16>>>,
+        qos1_unacked: Arc<AtomicUsize>,
     ) -> Self {
         Writer {
             wr,
@@ -136,10 +143,12 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             client_id: session.client_id.clone(),
             shared,
             qos2,
+            qos1_unacked,
             subs: Vec::new(),
             live: None,
-            inflight: HashSet::new(),
+            inflight: HashMap::new(),
             max_inflight: usize::from(session.client_receive_max),
+            max_packet: session.client_max_packet,
             next_pkid: 1,
         }
     }
@@ -170,7 +179,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             Entry::Publish { ticket, acks } => {
                 let result = self.durable(ticket).await?;
                 for p in acks {
-                    self.acknowledge(p.ack, result.clone(), p.topic, p.payload)?;
+                    self.acknowledge(p.ack, result.clone(), p.message)?;
                 }
                 Ok(())
             }
@@ -215,6 +224,12 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 self.inflight.remove(&pkid);
                 Ok(())
             }
+            Entry::Received(pkid) => {
+                if self.inflight.get(&pkid) == Some(&2) {
+                    self.encode(Out::PubRel(pkid))?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -235,23 +250,14 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         &mut self,
         ack: Answer,
         result: Result<Appended, AppendError>,
-        topic: Bytes,
-        payload: Bytes,
+        message: Live,
     ) -> Result<(), ConnError> {
         let stats = &self.shared.stats;
         let reason = match &result {
             Ok(_) => {
                 MqttStats::inc(&stats.publishes_appended);
-                MqttStats::add(&stats.bytes_appended, payload.len() as u64);
-                if self.shared.hub.receiver_count() > 0 {
-                    let live = Live {
-                        topic,
-                        payload,
-                        qos: ack.qos(),
-                        origin: self.conn,
-                    };
-                    let _ = self.shared.hub.send(Arc::new(live));
-                }
+                MqttStats::add(&stats.bytes_appended, message.payload.len() as u64);
+                self.shared.durable(message);
                 Reason::Success
             }
             Err(e) => {
@@ -310,38 +316,76 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         let Ok(topic) = std::str::from_utf8(&live.topic) else {
             return Ok(());
         };
-        let granted = self
-            .subs
-            .iter()
-            .filter(|s| !(s.no_local && live.origin == self.conn) && matches(topic, &s.filter))
-            .map(|s| s.qos)
-            .max();
+        let mut granted = None;
+        let mut retain = false;
+        let mut ids = Vec::new();
+        let own = live.origin == self.conn;
+        for s in &self.subs {
+            if !(s.no_local && own) && matches(topic, &s.filter) {
+                granted = granted.max(Some(s.qos));
+                retain |= s.retain_as_published && live.retain;
+                ids.extend(s.id);
+            }
+        }
         let Some(granted) = granted else {
             return Ok(());
         };
-        let qos = granted.min(live.qos);
-        let pkid = if qos == 0 { 0 } else { self.take_pkid() };
-        MqttStats::inc(&self.shared.stats.deliveries);
-        self.encode(Out::Publish {
+        self.send_message(&live, granted.min(live.qos), retain, &ids)
+    }
+
+    /// Encodes one delivery, unless it expired or exceeds the client's
+    /// Maximum Packet Size (MQTT 5 says to drop it then, as if delivered).
+    fn send_message(
+        &mut self,
+        live: &Live,
+        qos: u8,
+        retain: bool,
+        ids: &[usize],
+    ) -> Result<(), ConnError> {
+        let now = log::now_ms();
+        if live.expired(now) {
+            MqttStats::inc(&self.shared.stats.deliveries_expired);
+            return Ok(());
+        }
+        let pkid = if qos == 0 { 0 } else { self.take_pkid(qos) };
+        let before = self.buf.len();
+        self.encode(Out::Publish(Box::new(Delivery {
             topic: live.topic.clone(),
             payload: live.payload.clone(),
             qos,
             pkid,
-        })
+            retain,
+            dup: false,
+            properties: live.publish_properties(now, ids),
+        })))?;
+        if self.buf.len() - before > self.max_packet {
+            self.buf.truncate(before);
+            self.inflight.remove(&pkid);
+            MqttStats::inc(&self.shared.stats.deliveries_too_large);
+            return Ok(());
+        }
+        MqttStats::inc(&self.shared.stats.deliveries);
+        Ok(())
     }
 
-    fn take_pkid(&mut self) -> u16 {
+    fn take_pkid(&mut self, qos: u8) -> u16 {
         // `inflight` is below max_inflight <= u16::MAX, so a free id exists.
-        while self.next_pkid == 0 || self.inflight.contains(&self.next_pkid) {
+        while self.next_pkid == 0 || self.inflight.contains_key(&self.next_pkid) {
             self.next_pkid = self.next_pkid.wrapping_add(1);
         }
         let pkid = self.next_pkid;
         self.next_pkid = self.next_pkid.wrapping_add(1);
-        self.inflight.insert(pkid);
+        self.inflight.insert(pkid, qos);
         pkid
     }
 
     fn encode(&mut self, out: Out) -> Result<(), ConnError> {
+        if matches!(out, Out::PubAck(..)) {
+            // The client may send one more QoS 1 publish once it has this.
+            let _ = self
+                .qos1_unacked
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
         Ok(codec::encode(out, self.version, &mut self.buf)?)
     }
 
