@@ -301,12 +301,6 @@ fn check_session_request(
             "persistent sessions (clean_session = false) are not supported",
         ));
     }
-    if hello.will.as_ref().is_some_and(|w| w.retain) {
-        return Err((
-            ConnectReturnCode::RetainNotSupported,
-            "retained will messages are not supported",
-        ));
-    }
     if hello
         .props
         .as_ref()
@@ -361,12 +355,12 @@ fn connack_properties(
     ConnAckProperties {
         session_expiry_interval: session_expiry_refused.then_some(0),
         receive_max: Some(config.receive_maximum),
-        retain_available: Some(0),
+        retain_available: Some(1),
         max_packet_size: u32::try_from(session.max_frame_bytes).ok(),
         assigned_client_identifier,
         wildcard_subscription_available: Some(1),
         topic_alias_max: Some(TOPIC_ALIAS_MAX),
-        subscription_identifiers_available: Some(0),
+        subscription_identifiers_available: Some(1),
         shared_subscription_available: Some(0),
         server_keep_alive,
         ..ConnAckProperties::default()

@@ -36,18 +36,36 @@
 //! Per connection, the packet ids whose PUBLISH was appended and whose
 //! PUBREL has not arrived are kept; a re-sent PUBLISH with such an id gets
 //! its PUBREC again but is not appended again. Persistent sessions are not
-//! offered (see below), so this state lives and dies with the connection.
+//! offered yet, so this state lives and dies with the connection.
+//!
+//! # Messages, retained messages, wills (`message.rs`, `retain.rs`, `will.rs`)
+//!
+//! A publish becomes one log record whose headers carry the MQTT facts:
+//! topic, client id, QoS, packet id, the retain flag and the MQTT 5 message
+//! properties (`message.rs` lists them), so Kafka gets them too and the
+//! broker can rebuild a message from its record. Once durable, a message
+//! goes to the retained set (if retained) and to live subscribers, with its
+//! properties (expiry counted down), subscription identifiers and, under
+//! retain-as-published, its retain flag. The retained set is derived from
+//! the log: a checkpoint plus a replay at start (`retain.rs` has the rules).
+//! A will is published like any message, only when the connection ends
+//! without a normal DISCONNECT (or with 0x04).
 //!
 //! # Refusals
 //!
 //! Nothing is dropped silently; each refusal is counted in [`MqttStats`].
 //! MQTT 5: PUBACK/PUBREC 0x87 (ACL), 0x97 (full log under `reject_new`),
-//! 0x80 (log failure); DISCONNECT 0x95 (packet too large), 0x9A (retain).
+//! 0x80 (log failure); DISCONNECT 0x95 (packet over `max_payload_bytes`,
+//! the Maximum Packet Size CONNACK advertises), 0x94 (topic alias 0 or over
+//! 32), 0x93 (more unacknowledged QoS 1/2 publishes than `receive_maximum`).
 //! MQTT 3.1.1 has no negative acknowledgement: the connection is closed.
-//! Not offered yet, and refused rather than pretended: persistent sessions
-//! (3.1.1 `clean_session = false` gets CONNACK 0x03; MQTT 5 is told
-//! `session_expiry_interval = 0` in CONNACK), retained messages, shared
-//! subscriptions, topic aliases.
+//! Deliveries over the subscriber's Maximum Packet Size, or past their
+//! message expiry, are not sent (counted). Not offered yet, and refused
+//! rather than pretended: persistent sessions (3.1.1 `clean_session = false`
+//! gets CONNACK 0x03, 0x02 with an empty client id; MQTT 5 is told
+//! `session_expiry_interval = 0` in CONNACK), shared subscriptions (SUBACK
+//! 0x9E). Live delivery is from memory: a subscriber more than 256 records
+//! behind misses records (counted in `deliveries_lagged`).
 //!
 //! # Bounded under abuse
 //!
@@ -66,6 +84,7 @@ pub mod gate;
 mod message;
 mod observe;
 mod reader;
+mod retain;
 pub mod route;
 pub mod stats;
 mod tls;
@@ -116,6 +135,8 @@ pub struct Shared {
     clients: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
     /// Wills waiting for their MQTT 5 delay interval.
     wills: will::Delayed,
+    /// The last retained message per topic.
+    retained: Arc<retain::Retained>,
     next_conn: AtomicU64,
     /// `max_connections`, lowered to what the descriptor limit leaves.
     max_connections: u64,
@@ -126,8 +147,13 @@ impl Shared {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A message is durable in the log: hand it to the subscribers.
+    /// A message is durable in the log: hand it to the retained set (if
+    /// retained) and to the live subscribers.
     fn durable(&self, message: Live) {
+        if message.retain && self.retained.apply(&message) {
+            let (retained, log) = (self.retained.clone(), self.log.clone());
+            tokio::task::spawn_blocking(move || retained.checkpoint(&log, false));
+        }
         if self.hub.receiver_count() > 0 {
             let _ = self.hub.send(Arc::new(message));
         }
@@ -220,6 +246,12 @@ pub async fn start(
     }
     let config = &config;
     let router = Router::new(config, &log)?;
+    let retained = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || retain::Retained::open(&log)
+    })
+    .await
+    .map_err(|e| StartError::Task(e.to_string()))??;
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let stats = Arc::new(MqttStats::default());
     let shared = Arc::new(Shared {
@@ -231,6 +263,7 @@ pub async fn start(
         gate: Arc::new(gate::Gate::new(config, stats.clone())),
         clients: Mutex::new(HashMap::new()),
         wills: will::Delayed::default(),
+        retained: Arc::new(retained),
         next_conn: AtomicU64::new(1),
         max_connections: connection_budget(config.max_connections as u64),
     });
@@ -310,7 +343,13 @@ async fn accept_loop(
     loop {
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown.requested() => return,
+            () = shutdown.requested() => {
+                if tls.is_none() {
+                    let (retained, log) = (shared.retained.clone(), shared.log.clone());
+                    let _ = tokio::task::spawn_blocking(move || retained.checkpoint(&log, true)).await;
+                }
+                return;
+            }
         };
         let stats = &shared.stats;
         if MqttStats::get(&stats.connections_open) >= shared.max_connections {

@@ -276,7 +276,12 @@ impl Reader {
         });
         batch.bytes += record.payload_len();
         batch.records.push(record);
-        batch.acks.push(Pending { ack, message });
+        let retained = message.retain.then(|| shared.retained.guard());
+        batch.acks.push(Pending {
+            ack,
+            message,
+            _retained: retained,
+        });
         Ok(())
     }
 
@@ -351,14 +356,6 @@ impl Reader {
             // Only a topic alias makes an empty topic valid (resolved before).
             self.flush_batch().await?;
             return Err(self.protocol("PUBLISH with an empty topic and no alias"));
-        }
-        if publish.retain {
-            MqttStats::inc(&stats.refused_retain);
-            self.flush_batch().await?;
-            self.disconnect(DisconnectReasonCode::RetainNotSupported);
-            return Err(ConnError::Protocol(
-                "retained messages are not supported".into(),
-            ));
         }
         Ok(if topic.contains(['+', '#']) {
             Err(Reason::TopicNameInvalid)
@@ -479,6 +476,7 @@ impl Reader {
                     qos,
                     no_local: filter.nolocal,
                     retain_as_published: filter.preserve_retain,
+                    retained: filter.retain_forward_rule,
                     id,
                 });
                 SubscribeReasonCode::Success(qos_of(qos))

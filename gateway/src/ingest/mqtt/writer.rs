@@ -3,7 +3,7 @@
 //! durable, and acks leave in arrival order), and sends live records to the
 //! connection's subscriptions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use rumqttd::protocol::{matches, DisconnectReasonCode};
+use rumqttd::protocol::{matches, DisconnectReasonCode, RetainForwardRule};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
@@ -54,6 +54,8 @@ pub enum Entry {
 pub struct Pending {
     pub ack: Answer,
     pub message: Live,
+    /// Held until a retained message was applied (see `retain.rs`).
+    pub _retained: Option<super::retain::Guard>,
 }
 
 /// The acknowledgement a publish gets (by QoS: none, PUBACK, PUBREC).
@@ -84,8 +86,17 @@ pub struct Sub {
     /// MQTT 5: forward the retain flag of live messages as published
     /// (otherwise only messages sent because of the subscription carry it).
     pub retain_as_published: bool,
+    /// MQTT 5 retain handling: when retained messages are sent on subscribe.
+    pub retained: RetainForwardRule,
     /// MQTT 5 subscription identifier, sent with each matching message.
     pub id: Option<usize>,
+}
+
+/// A retained message owed to one subscription.
+struct Owed {
+    message: Arc<Live>,
+    qos: u8,
+    id: Option<usize>,
 }
 
 /// The reason code for a failed append, counted.
@@ -118,6 +129,9 @@ pub struct Writer<W> {
     qos1_unacked: Arc<AtomicUsize>,
     subs: Vec<Sub>,
     live: Option<broadcast::Receiver<Arc<Live>>>,
+    /// Retained messages owed to new subscriptions, sent before live ones
+    /// as the client's Receive Maximum allows (Arcs into the retained set).
+    backlog: VecDeque<Owed>,
     /// Our QoS 1/2 deliveries the client has not finished yet, with their
     /// QoS (the client's Receive Maximum bounds them).
     inflight: HashMap<u16, u8>,
@@ -146,6 +160,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             qos1_unacked,
             subs: Vec::new(),
             live: None,
+            backlog: VecDeque::new(),
             inflight: HashMap::new(),
             max_inflight: usize::from(session.client_receive_max),
             max_packet: session.client_max_packet,
@@ -156,7 +171,13 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
     /// Runs until the reader closes the FIFO (then drains it) or a write fails.
     pub async fn run(mut self, mut fifo: mpsc::Receiver<Entry>) -> Result<(), ConnError> {
         loop {
-            let can_deliver = self.live.is_some() && self.inflight.len() < self.max_inflight;
+            self.pay_backlog()?;
+            if fifo.is_empty() {
+                self.flush().await?;
+            }
+            let can_deliver = self.live.is_some()
+                && self.backlog.is_empty()
+                && self.inflight.len() < self.max_inflight;
             tokio::select! {
                 biased;
                 entry = fifo.recv() => match entry {
@@ -164,9 +185,6 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                     None => break,
                 },
                 live = next_live(self.live.as_mut()), if can_deliver => self.deliver(live)?,
-            }
-            if fifo.is_empty() {
-                self.flush().await?;
             }
         }
         self.flush().await?;
@@ -203,14 +221,17 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             }
             Entry::Subscribe(subscribe) => {
                 let (granted, suback) = *subscribe;
+                self.encode(suback)?;
                 for sub in granted {
+                    let existed = self.subs.iter().any(|s| s.filter == sub.filter);
                     self.subs.retain(|s| s.filter != sub.filter);
+                    self.owe_retained(&sub, existed);
                     self.subs.push(sub);
                 }
                 if self.live.is_none() && !self.subs.is_empty() {
                     self.live = Some(self.shared.hub.subscribe());
                 }
-                self.encode(suback)
+                Ok(())
             }
             Entry::Unsubscribe(unsubscribe) => {
                 let (filters, unsuback) = *unsubscribe;
@@ -296,6 +317,39 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 }))?;
                 Err(ConnError::Protocol(format!("publish refused: {reason:?}")))
             }
+        }
+    }
+
+    /// Sends owed retained messages while the client's Receive Maximum
+    /// leaves room.
+    fn pay_backlog(&mut self) -> Result<(), ConnError> {
+        while self.inflight.len() < self.max_inflight {
+            let Some(owed) = self.backlog.pop_front() else {
+                return Ok(());
+            };
+            let ids: Vec<usize> = owed.id.into_iter().collect();
+            self.send_message(&owed.message, owed.qos, true, &ids)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the retained messages a new subscription gets (MQTT 5 retain
+    /// handling: always, only if new, or never).
+    fn owe_retained(&mut self, sub: &Sub, existed: bool) {
+        let wanted = match sub.retained {
+            RetainForwardRule::OnEverySubscribe => true,
+            RetainForwardRule::OnNewSubscribe => !existed,
+            RetainForwardRule::Never => false,
+        };
+        if !wanted || sub.filter.starts_with("$share/") {
+            return;
+        }
+        for message in self.shared.retained.matching(&sub.filter) {
+            self.backlog.push_back(Owed {
+                qos: sub.qos.min(message.qos),
+                message,
+                id: sub.id,
+            });
         }
     }
 
