@@ -343,3 +343,90 @@ fn loopback_only_defaults_let_anonymous_clients_publish_anywhere_and_say_so() {
         .start();
     assert!(defaults.stderr_contains("anonymous clients may publish to every topic"));
 }
+
+/// QoS 2 toward a subscriber (PUBREC, PUBREL, PUBCOMP), with its
+/// subscription identifier and no-local: with a Receive Maximum of 1 the
+/// second message only comes once the first flow completed.
+#[test]
+fn qos2_deliveries_complete_and_carry_the_subscription_identifier() {
+    use rumqttc::v5::mqttbytes::v5::{Filter, SubscribeProperties};
+    let dir = harness::temp_dir();
+    let gateway = Gateway::start(dir.path(), &config(dir.path()));
+    let port = gateway.port();
+    let mut options = MqttOptions::new("q2sub", "127.0.0.1", port);
+    options.set_receive_maximum(Some(1));
+    let (client, mut connection) = Client::new(options, 10);
+    let props = SubscribeProperties {
+        id: Some(7),
+        user_properties: Vec::new(),
+    };
+    client
+        .subscribe_with_properties("q2/#", QoS::ExactlyOnce, props)
+        .unwrap();
+    let mut own = Filter::new("own/#", QoS::AtLeastOnce);
+    own.nolocal = true;
+    client.subscribe_many([own]).unwrap();
+    let mut acks = 0;
+    let mut got = Vec::new();
+    for event in connection.iter() {
+        match event.unwrap() {
+            Event::Incoming(Packet::SubAck(_)) => {
+                acks += 1;
+                if acks == 2 {
+                    client
+                        .publish("own/x", QoS::AtLeastOnce, false, "mine")
+                        .unwrap();
+                    mosquitto_pub(port, "own/x", "theirs");
+                    for i in 0..2 {
+                        let status = Command::new("mosquitto_pub")
+                            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "2"])
+                            .args(["-t", "q2/x", "-m", &format!("m{i}")])
+                            .status()
+                            .unwrap();
+                        assert!(status.success());
+                    }
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                got.push(p);
+                if got.len() == 3 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let payloads: Vec<_> = got.iter().map(|p| p.payload.clone()).collect();
+    assert_eq!(payloads, ["theirs", "m0", "m1"]);
+    for p in &got[1..] {
+        assert_eq!(p.qos, QoS::ExactlyOnce);
+        let ids = &p.properties.as_ref().unwrap().subscription_identifiers;
+        assert_eq!(ids, &[7]);
+    }
+}
+
+/// A QoS 1 publish durable before SIGKILL, re-sent with DUP = 1 after the
+/// restart (its PUBACK counted as lost), is acked and not appended again;
+/// a DUP = 1 publish with another payload is a new message.
+#[test]
+fn a_qos1_resend_after_a_crash_is_acked_without_a_second_append() {
+    let dir = harness::temp_dir();
+    let gateway = Gateway::start(dir.path(), &config(dir.path()));
+    let (mut s, _) = raw::connected(gateway.mqtt(), &raw::connect(4, "fw1", true, &[], None));
+    raw::send(&mut s, &raw::publish_v4("fw/t", 1, 9, false, b"reading-1"));
+    assert_eq!(raw::read_frame(&mut s).unwrap(), (0x40, vec![0, 9]));
+    let gateway = gateway.restart();
+    let (mut s, _) = raw::connected(gateway.mqtt(), &raw::connect(4, "fw1", true, &[], None));
+    raw::send(&mut s, &raw::publish_v4("fw/t", 1, 9, true, b"reading-1"));
+    assert_eq!(raw::read_frame(&mut s).unwrap(), (0x40, vec![0, 9]));
+    raw::send(&mut s, &raw::publish_v4("fw/t", 1, 9, true, b"reading-2"));
+    assert_eq!(raw::read_frame(&mut s).unwrap(), (0x40, vec![0, 9]));
+    let payloads: Vec<String> = gateway
+        .dump()
+        .iter()
+        .filter(|r| header(r, "mqtt.topic") == Some("fw/t"))
+        .map(|r| r["payload"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(payloads, ["reading-1", "reading-2"]);
+    assert_eq!(gateway.metric("tidewell_mqtt_qos1_resends_total"), 1.0);
+}

@@ -84,6 +84,7 @@ pub mod gate;
 mod message;
 mod observe;
 mod reader;
+mod resend;
 mod retain;
 pub mod route;
 pub mod stats;
@@ -137,6 +138,8 @@ pub struct Shared {
     wills: will::Delayed,
     /// The last retained message per topic.
     retained: Arc<retain::Retained>,
+    /// QoS 1 records of the log tail at start, to recognise re-sends.
+    recent: resend::Recent,
     next_conn: AtomicU64,
     /// `max_connections`, lowered to what the descriptor limit leaves.
     max_connections: u64,
@@ -252,6 +255,13 @@ pub async fn start(
     })
     .await
     .map_err(|e| StartError::Task(e.to_string()))??;
+    let recent = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || resend::Recent::from_log(&log)
+    })
+    .await
+    .map_err(|e| StartError::Task(e.to_string()))?
+    .map_err(|e| StartError::Task(format!("reading the log tail: {e}")))?;
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let stats = Arc::new(MqttStats::default());
     let shared = Arc::new(Shared {
@@ -264,6 +274,7 @@ pub async fn start(
         clients: Mutex::new(HashMap::new()),
         wills: will::Delayed::default(),
         retained: Arc::new(retained),
+        recent,
         next_conn: AtomicU64::new(1),
         max_connections: connection_budget(config.max_connections as u64),
     });

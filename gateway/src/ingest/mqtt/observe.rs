@@ -54,6 +54,11 @@ fn mqtt_metrics(w: &mut MetricsWriter, m: &MqttStats) {
         "QoS 2 re-sends recognised and not appended again.",
         MqttStats::get(&m.qos2_duplicates),
     );
+    w.counter(
+        "tidewell_mqtt_qos1_resends_total",
+        "QoS 1 re-sends of records durable before a crash, acked without a second append.",
+        MqttStats::get(&m.qos1_resends),
+    );
     let refusals = [
         ("connection_limit", &m.connections_rejected),
         ("auth", &m.auth_failures),

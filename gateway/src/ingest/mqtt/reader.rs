@@ -241,6 +241,23 @@ impl Reader {
             Ok(topic) => topic,
             Err(reason) => return self.refuse(ack, reason).await,
         };
+        if meta.qos == 1 {
+            let client_id = &self.session.client_id;
+            if meta.dup
+                && shared
+                    .recent
+                    .is_resend(client_id, meta.pkid, &publish.topic, &publish.payload)
+            {
+                // Durable before a crash, its PUBACK lost: ack, append never.
+                MqttStats::inc(&stats.qos1_resends);
+                self.flush_batch().await?;
+                let puback = Out::PubAck(meta.pkid, Reason::Success);
+                return self.queue(Entry::Send(Box::new(puback))).await;
+            }
+            if !meta.dup {
+                shared.recent.forget(client_id, meta.pkid);
+            }
+        }
         if meta.qos == 2 && !self.qos2_lock().insert(meta.pkid) {
             // A re-sent QoS 2 publish already appended: ack again, append never.
             MqttStats::inc(&stats.qos2_duplicates);

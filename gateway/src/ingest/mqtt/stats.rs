@@ -22,6 +22,9 @@ pub struct MqttStats {
     pub bytes_appended: AtomicU64,
     /// QoS 2 re-sends of a packet id still awaiting PUBREL: not appended again.
     pub qos2_duplicates: AtomicU64,
+    /// QoS 1 re-sends (DUP = 1) of a record durable before a crash: acked,
+    /// not appended again.
+    pub qos1_resends: AtomicU64,
     pub refused_not_authorized: AtomicU64,
     pub refused_too_large: AtomicU64,
     pub refused_quota: AtomicU64,
