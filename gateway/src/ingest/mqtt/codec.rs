@@ -26,7 +26,8 @@ use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
     DisconnectReasonCode, Packet, PingResp, Protocol, PubAck, PubAckReason, PubComp, PubCompReason,
-    PubRec, PubRecReason, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, QoS, SubAck,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 
 use super::error::CodecError;
@@ -99,12 +100,25 @@ pub fn decode(
         )));
     }
     let meta = publish_meta(&frame);
+    if version == Version::V5 && packet_type == 14 {
+        frame = short_disconnect(frame);
+    }
     let packet = match version {
         Version::V4 => V4.read_mut(&mut frame, max_frame_bytes),
         Version::V5 => V5.read_mut(&mut frame, max_frame_bytes),
     }
     .map_err(|e| CodecError::Malformed(e.to_string()))?;
     Ok(Some(Incoming { packet, meta }))
+}
+
+/// An MQTT 5 DISCONNECT may stop after its reason code (`E0 01 rc`, as
+/// `mosquitto_sub -V mqttv5` sends); rumqttd 0.20 then fails reading the
+/// absent property length, so the frame gets an empty one (`E0 02 rc 00`).
+fn short_disconnect(frame: BytesMut) -> BytesMut {
+    match frame[..] {
+        [0xE0, 0x01, reason] => BytesMut::from(&[0xE0, 0x02, reason, 0x00][..]),
+        _ => frame,
+    }
 }
 
 /// Reads the protocol level from a complete CONNECT frame: 4 (3.1.1), 5, or
@@ -167,6 +181,8 @@ pub enum Reason {
 pub enum Out {
     ConnAck {
         code: ConnectReturnCode,
+        /// Only with `Success`: the server resumed a stored session.
+        session_present: bool,
         /// Boxed: the properties are large and every connection's queue of
         /// `Out`s is sized by the largest variant.
         properties: Option<Box<ConnAckProperties>>,
@@ -178,12 +194,24 @@ pub enum Out {
     UnsubAck(u16, usize),
     PingResp,
     Disconnect(DisconnectReasonCode),
-    Publish {
-        topic: Bytes,
-        payload: Bytes,
-        qos: u8,
-        pkid: u16,
-    },
+    /// Boxed: a delivery with its properties is the largest packet.
+    Publish(Box<Delivery>),
+    /// Our answer to a subscriber's PUBREC of a QoS 2 delivery.
+    PubRel(u16),
+}
+
+/// A PUBLISH we send to a subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub pkid: u16,
+    pub retain: bool,
+    /// Set on a re-sent delivery (a returning session).
+    pub dup: bool,
+    /// MQTT 5 only; dropped for 3.1.1.
+    pub properties: Option<PublishProperties>,
 }
 
 /// Appends the encoding of `out` to `buf`.
@@ -205,12 +233,16 @@ pub fn encode(out: Out, version: Version, buf: &mut BytesMut) -> Result<(), Code
 fn to_packet(out: Out, version: Version) -> Option<Packet> {
     let v5 = version == Version::V5;
     Some(match out {
-        Out::ConnAck { code, properties } => {
+        Out::ConnAck {
+            code,
+            session_present,
+            properties,
+        } => {
             let code = if v5 { code } else { v4_connect_code(code) };
             let properties = if v5 { properties.map(|p| *p) } else { None };
             Packet::ConnAck(
                 ConnAck {
-                    session_present: false,
+                    session_present: session_present && code == ConnectReturnCode::Success,
                     code,
                 },
                 properties,
@@ -268,12 +300,18 @@ fn to_packet(out: Out, version: Version) -> Option<Packet> {
             }),
         ),
         Out::Disconnect(_) => return None,
-        Out::Publish {
-            topic,
-            payload,
-            qos,
-            pkid,
-        } => Packet::Publish(publish(topic, payload, qos, pkid), None),
+        Out::Publish(d) => {
+            let d = *d;
+            let properties = if v5 { d.properties.clone() } else { None };
+            Packet::Publish(publish(&d), properties)
+        }
+        Out::PubRel(pkid) => Packet::PubRel(
+            PubRel {
+                pkid,
+                reason: PubRelReason::Success,
+            },
+            None,
+        ),
     })
 }
 
@@ -281,14 +319,15 @@ fn to_packet(out: Out, version: Version) -> Option<Packet> {
 /// id fields and no constructor for QoS > 0 except its own serialization
 /// format, which this uses: `header, pkid (u16), topic length (u16), topic,
 /// payload`.
-fn publish(topic: Bytes, payload: Bytes, qos: u8, pkid: u16) -> Publish {
-    let mut raw = BytesMut::with_capacity(5 + topic.len() + payload.len());
-    raw.extend_from_slice(&[0x30 | (qos.min(1) << 1)]);
-    raw.extend_from_slice(&pkid.to_be_bytes());
+fn publish(d: &Delivery) -> Publish {
+    let mut raw = BytesMut::with_capacity(5 + d.topic.len() + d.payload.len());
+    let header = 0x30 | (d.qos.min(2) << 1) | (u8::from(d.dup) << 3) | u8::from(d.retain);
+    raw.extend_from_slice(&[header]);
+    raw.extend_from_slice(&d.pkid.to_be_bytes());
     // Topics we deliver came from a decoded PUBLISH: at most u16::MAX bytes.
-    raw.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    raw.extend_from_slice(&topic);
-    raw.extend_from_slice(&payload);
+    raw.extend_from_slice(&(d.topic.len() as u16).to_be_bytes());
+    raw.extend_from_slice(&d.topic);
+    raw.extend_from_slice(&d.payload);
     Publish::deserialize(raw.freeze())
 }
 

@@ -70,6 +70,7 @@ fn every_outgoing_packet_encodes_in_both_versions() {
     let outs = [
         Out::ConnAck {
             code: ConnectReturnCode::QuotaExceeded,
+            session_present: false,
             properties: Some(Box::default()),
         },
         Out::PubAck(1, Reason::NotAuthorized),
@@ -79,12 +80,15 @@ fn every_outgoing_packet_encodes_in_both_versions() {
         Out::UnsubAck(5, 2),
         Out::PingResp,
         Out::Disconnect(DisconnectReasonCode::PacketTooLarge),
-        Out::Publish {
+        Out::Publish(Box::new(Delivery {
             topic: Bytes::from_static(b"t"),
             payload: Bytes::from_static(b"p"),
             qos: 1,
             pkid: 9,
-        },
+            retain: false,
+            dup: false,
+            properties: None,
+        })),
     ];
     for version in [Version::V4, Version::V5] {
         for out in outs.iter().cloned() {
@@ -100,12 +104,15 @@ fn every_outgoing_packet_encodes_in_both_versions() {
 #[test]
 fn outgoing_publish_round_trips_through_the_codec() {
     let mut buf = BytesMut::new();
-    let out = Out::Publish {
+    let out = Out::Publish(Box::new(Delivery {
         topic: Bytes::from_static(b"devices/d1/t"),
         payload: Bytes::from_static(b"21.5"),
         qos: 1,
         pkid: 77,
-    };
+        retain: false,
+        dup: false,
+        properties: None,
+    }));
     encode(out, Version::V5, &mut buf).unwrap();
     let incoming = decode(&mut buf, Version::V5, 1 << 20).unwrap().unwrap();
     assert_eq!(incoming.meta.map(|m| (m.qos, m.pkid)), Some((1, 77)));
@@ -155,6 +162,7 @@ fn every_outgoing_packet_parses_with_rumqttcs_codec_without_leftovers() {
     let outs = [
         Out::ConnAck {
             code: ConnectReturnCode::Success,
+            session_present: true,
             properties: Some(Box::new(ConnAckProperties {
                 receive_max: Some(64),
                 max_packet_size: Some(1 << 20),
@@ -164,6 +172,7 @@ fn every_outgoing_packet_parses_with_rumqttcs_codec_without_leftovers() {
         },
         Out::ConnAck {
             code: ConnectReturnCode::BadUserNamePassword,
+            session_present: false,
             properties: None,
         },
         Out::PubAck(1, Reason::Success),
@@ -178,18 +187,24 @@ fn every_outgoing_packet_parses_with_rumqttcs_codec_without_leftovers() {
         Out::PingResp,
         Out::Disconnect(DisconnectReasonCode::PacketTooLarge),
         Out::Disconnect(DisconnectReasonCode::NormalDisconnection),
-        Out::Publish {
+        Out::Publish(Box::new(Delivery {
             topic: Bytes::from_static(b"devices/d/t"),
             payload: Bytes::from_static(b"payload"),
             qos: 1,
             pkid: 9,
-        },
-        Out::Publish {
+            retain: false,
+            dup: false,
+            properties: None,
+        })),
+        Out::Publish(Box::new(Delivery {
             topic: Bytes::from_static(b"devices/d/t"),
             payload: Bytes::from_static(b""),
             qos: 0,
             pkid: 0,
-        },
+            retain: false,
+            dup: false,
+            properties: None,
+        })),
     ];
     for out in outs {
         let mut buf = BytesMut::new();
@@ -205,5 +220,60 @@ fn every_outgoing_packet_parses_with_rumqttcs_codec_without_leftovers() {
         let parsed = rumqttc::mqttbytes::v4::read(&mut buf, 1 << 20);
         assert!(parsed.is_ok(), "v4 {out:?}: {parsed:?}");
         assert!(buf.is_empty(), "v4 {out:?}: {} stray bytes", buf.len());
+    }
+}
+
+/// `mosquitto_sub -V mqttv5` ends with `E0 00`; others send only the reason
+/// code (`E0 01 rc`): both are valid MQTT 5 and keep their reason.
+#[test]
+fn short_v5_disconnects_decode_with_their_reason() {
+    use rumqttd::protocol::DisconnectReasonCode as D;
+    for (frame, want) in [
+        (&[0xE0, 0x00][..], D::NormalDisconnection),
+        (&[0xE0, 0x01, 0x00][..], D::NormalDisconnection),
+        (&[0xE0, 0x01, 0x04][..], D::DisconnectWithWillMessage),
+        (&[0xE0, 0x02, 0x04, 0x00][..], D::DisconnectWithWillMessage),
+    ] {
+        let mut buf = BytesMut::from(frame);
+        let incoming = decode(&mut buf, Version::V5, 1 << 20).unwrap().unwrap();
+        match incoming.packet {
+            Packet::Disconnect(d, _) => assert_eq!(d.reason_code, want, "{frame:02x?}"),
+            other => panic!("{frame:02x?} decoded as {other:?}"),
+        }
+        assert!(buf.is_empty());
+    }
+}
+
+#[test]
+fn deliveries_keep_retain_qos2_dup_and_v5_properties() {
+    let mut buf = BytesMut::new();
+    let out = Out::Publish(Box::new(Delivery {
+        topic: Bytes::from_static(b"a/b"),
+        payload: Bytes::from_static(b"on"),
+        qos: 2,
+        pkid: 5,
+        retain: true,
+        dup: true,
+        properties: Some(PublishProperties {
+            content_type: Some("text/plain".into()),
+            correlation_data: Some(Bytes::from_static(b"42")),
+            ..PublishProperties::default()
+        }),
+    }));
+    encode(out, Version::V5, &mut buf).unwrap();
+    assert_eq!(buf[0], 0x30 | 0b1000 | (2 << 1) | 1);
+    let meta = publish_meta(&buf).unwrap();
+    assert_eq!((meta.qos, meta.pkid, meta.dup), (2, 5, true));
+    match decode(&mut buf, Version::V5, 1 << 20)
+        .unwrap()
+        .unwrap()
+        .packet
+    {
+        Packet::Publish(p, Some(props)) => {
+            assert!(p.retain);
+            assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+            assert_eq!(props.correlation_data.as_deref(), Some(&b"42"[..]));
+        }
+        other => panic!("{other:?}"),
     }
 }

@@ -11,7 +11,7 @@
 //! max_auth_checks = 0              # argon2 checks at once; 0 = one per core
 //! max_auth_waiting = 1024          # CONNECTs waiting for a check; more get "server busy"
 //! credential_cache_s = 600         # a verified credential is not re-checked for this long
-//! anonymous_publish_acl = ["devices/{client_id}/#"]
+//! anonymous_publish_acl = ["devices/{client_id}/#"]  # default: every topic on loopback-only listeners
 //! anonymous_subscribe_acl = ["#"]
 //!
 //! [mqtt.tls]
@@ -65,6 +65,13 @@ pub struct MqttConfig {
     pub allow_anonymous: bool,
     /// Topic patterns anonymous clients may publish to; `{client_id}` and
     /// `{username}` are substituted, then `+` and `#` match as in MQTT.
+    /// Unset: every topic while all listeners are loopback (a new user's
+    /// first `mosquitto_pub -t sensors/temp` works), else
+    /// `devices/{client_id}/#`. Resolved by [`MqttConfig::resolve`].
+    #[serde(rename = "anonymous_publish_acl")]
+    pub anonymous_publish_acl_set: Option<Vec<String>>,
+    /// What anonymous clients may publish to, once resolved.
+    #[serde(skip)]
     pub anonymous_publish_acl: Vec<String>,
     /// Topic filters anonymous clients may subscribe within.
     pub anonymous_subscribe_acl: Vec<String>,
@@ -162,6 +169,7 @@ impl Default for MqttConfig {
             ws_listen: None,
             wss: None,
             allow_anonymous: true,
+            anonymous_publish_acl_set: None,
             anonymous_publish_acl: default_publish_acl(),
             anonymous_subscribe_acl: vec!["#".to_string()],
             users: Vec::new(),
@@ -219,7 +227,7 @@ impl MqttConfig {
             .users
             .iter()
             .flat_map(|u| u.publish_acl.iter().chain(&u.subscribe_acl))
-            .chain(&self.anonymous_publish_acl)
+            .chain(self.anonymous_publish_acl_set.iter().flatten())
             .chain(&self.anonymous_subscribe_acl);
         for pattern in acls {
             if !valid_acl_pattern(pattern) {
@@ -251,6 +259,24 @@ impl MqttConfig {
         Ok(())
     }
 
+    /// Fills in `anonymous_publish_acl`; says whether it was widened to
+    /// every topic because nothing was configured and every listener is
+    /// loopback (the embedded defaults).
+    pub fn resolve(&mut self) -> bool {
+        let loopback_only = self.listen.ip().is_loopback()
+            && self
+                .tls
+                .as_ref()
+                .is_none_or(|t| t.listen.ip().is_loopback());
+        let (acl, open) = match &self.anonymous_publish_acl_set {
+            Some(acl) => (acl.clone(), false),
+            None if loopback_only => (vec!["#".to_string()], true),
+            None => (default_publish_acl(), false),
+        };
+        self.anonymous_publish_acl = acl;
+        open && self.allow_anonymous
+    }
+
     /// Why anonymous access would be reachable from the network, if it would.
     fn anonymous_exposure(&self) -> Option<String> {
         if !self.allow_anonymous {
@@ -275,5 +301,30 @@ impl MqttConfig {
         self.tls
             .as_ref()
             .is_some_and(|t| t.client_ca_file.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_clients_may_publish_anywhere_only_on_unconfigured_loopback() {
+        let mut loopback = MqttConfig::default();
+        assert!(loopback.resolve());
+        assert_eq!(loopback.anonymous_publish_acl, ["#"]);
+        let mut configured = MqttConfig {
+            anonymous_publish_acl_set: Some(vec!["sensors/#".into()]),
+            ..MqttConfig::default()
+        };
+        assert!(!configured.resolve());
+        assert_eq!(configured.anonymous_publish_acl, ["sensors/#"]);
+        let mut network = MqttConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            allow_anonymous: false,
+            ..MqttConfig::default()
+        };
+        assert!(!network.resolve());
+        assert_eq!(network.anonymous_publish_acl, [DEFAULT_PUBLISH_ACL]);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use super::codec::{self, Out, Version};
 use super::error::ConnError;
 use super::reader::{Ended, Reader};
 use super::stats::MqttStats;
+use super::will::Will;
 use super::writer::Writer;
 use super::Shared;
 
@@ -28,8 +30,8 @@ use super::Shared;
 const MAX_CONNECT_BYTES: usize = 64 << 10;
 /// Read size while waiting for CONNECT (a typical CONNECT is under 200 bytes).
 const CONNECT_READ_BYTES: usize = 256;
-/// Topic, packet id and MQTT 5 properties around the payload.
-const FRAME_OVERHEAD_BYTES: usize = 128 << 10;
+/// Topic aliases an MQTT 5 client may set up toward us (per connection).
+pub const TOPIC_ALIAS_MAX: u16 = 32;
 /// Longest client id we accept (MQTT 3.1.1 guarantees 23).
 const MAX_CLIENT_ID_BYTES: usize = 128;
 /// How long, and how many reads, a closing connection's input is drained.
@@ -46,13 +48,17 @@ pub struct Session {
     pub acl: Acl,
     /// 1.5 times the effective keep-alive: silence longer than this ends it.
     pub silence_limit: Duration,
-    /// Frames larger than this are refused (0x95) before being buffered.
+    /// Frames larger than this are refused (0x95) before being buffered;
+    /// advertised to MQTT 5 clients as our Maximum Packet Size.
     pub max_frame_bytes: usize,
+    /// The client's Maximum Packet Size: larger deliveries are not sent.
+    pub client_max_packet: usize,
     /// QoS 1 deliveries we may have unacknowledged toward this client.
     pub client_receive_max: u16,
-    /// Appended if the connection ends without a normal DISCONNECT.
-    pub will: Option<LastWill>,
-    pub will_properties: Option<LastWillProperties>,
+    /// Published if the connection ends without a normal DISCONNECT.
+    pub will: Option<Will>,
+    /// How long the session outlives the connection (0: it ends with it).
+    pub session_expiry_s: u32,
 }
 
 /// Handshake, then serve until the connection ends. `client_id` is filled in
@@ -154,6 +160,7 @@ async fn read_connect_frame<R: AsyncRead + Unpin>(
 fn version_refusal() -> Out {
     Out::ConnAck {
         code: ConnectReturnCode::RefusedProtocolVersion,
+        session_present: false,
         properties: None,
     }
 }
@@ -195,6 +202,7 @@ async fn handshake(
         (
             Out::ConnAck {
                 code,
+                session_present: false,
                 properties: None,
             },
             why.to_string(),
@@ -245,16 +253,22 @@ async fn handshake(
         client_id,
         acl,
         silence_limit: Duration::from_millis(u64::from(keep_alive_s) * 1500),
-        max_frame_bytes: config.max_payload_bytes + FRAME_OVERHEAD_BYTES,
+        max_frame_bytes: config.max_payload_bytes,
+        client_max_packet: props
+            .and_then(|p| p.max_packet_size)
+            .map_or(usize::MAX, |m| m as usize),
         client_receive_max: props
             .and_then(|p| p.receive_maximum)
             .unwrap_or(config.receive_maximum)
             .max(1),
-        will: hello.will,
-        will_properties: hello.will_props,
+        will: hello
+            .will
+            .map(|w| Will::from_connect(w, hello.will_props, conn)),
+        session_expiry_s: 0,
     };
     let connack = Out::ConnAck {
         code: ConnectReturnCode::Success,
+        session_present: false,
         properties: Some(Box::new(connack_properties(
             &session,
             config,
@@ -272,17 +286,19 @@ fn check_session_request(
     hello: &Hello,
     version: Version,
 ) -> Result<(), (ConnectReturnCode, &'static str)> {
+    if version == Version::V4 && !hello.connect.clean_session && hello.connect.client_id.is_empty()
+    {
+        // MQTT 3.1.1 [MQTT-3.1.3-8]: a session needs an id to be found again.
+        return Err((
+            ConnectReturnCode::ClientIdentifierNotValid,
+            "an empty client id needs clean_session = 1",
+        ));
+    }
     if version == Version::V4 && !hello.connect.clean_session {
         // MQTT 3.1.1 has no code for "no persistent sessions": 0x03.
         return Err((
             ConnectReturnCode::ServiceUnavailable,
             "persistent sessions (clean_session = false) are not supported",
-        ));
-    }
-    if hello.will.as_ref().is_some_and(|w| w.retain) {
-        return Err((
-            ConnectReturnCode::RetainNotSupported,
-            "retained will messages are not supported",
         ));
     }
     if hello
@@ -339,11 +355,12 @@ fn connack_properties(
     ConnAckProperties {
         session_expiry_interval: session_expiry_refused.then_some(0),
         receive_max: Some(config.receive_maximum),
-        retain_available: Some(0),
+        retain_available: Some(1),
         max_packet_size: u32::try_from(session.max_frame_bytes).ok(),
         assigned_client_identifier,
         wildcard_subscription_available: Some(1),
-        subscription_identifiers_available: Some(0),
+        topic_alias_max: Some(TOPIC_ALIAS_MAX),
+        subscription_identifiers_available: Some(1),
         shared_subscription_available: Some(0),
         server_keep_alive,
         ..ConnAckProperties::default()
@@ -382,18 +399,25 @@ where
     let kick = shared.register(&session.client_id, session.conn);
     let (fifo_tx, fifo_rx) = mpsc::channel(usize::from(shared.config.receive_maximum));
     let qos2 = Arc::new(Mutex::new(HashSet::new()));
-    let writer = Writer::new(wr, &session, shared.clone(), qos2.clone());
+    let qos1_unacked = Arc::new(AtomicUsize::new(0));
+    let writer = Writer::new(
+        wr,
+        &session,
+        shared.clone(),
+        qos2.clone(),
+        qos1_unacked.clone(),
+    );
     let mut writer = tokio::spawn(writer.run(fifo_rx));
-    let mut reader = Reader::new(session, shared.clone(), fifo_tx, qos2);
+    let mut reader = Reader::new(session, shared.clone(), fifo_tx, qos2, qos1_unacked);
     let ended = tokio::select! {
         ended = reader.run(&mut rd, &mut buf, &kick) => ended,
         written = &mut writer => {
-            reader.append_will();
+            reader.publish_will();
             return written.unwrap_or(Err(ConnError::Shutdown));
         }
     };
     if !matches!(ended, Ok(Ended::Disconnect)) {
-        reader.append_will();
+        reader.publish_will();
     }
     drop(reader);
     let written = writer.await.unwrap_or(Err(ConnError::Shutdown));

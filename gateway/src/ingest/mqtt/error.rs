@@ -19,6 +19,10 @@ pub enum StartError {
     Tls(String),
     #[error(transparent)]
     Route(#[from] super::route::UnknownTopic),
+    #[error(transparent)]
+    Retained(#[from] super::retain::RetainError),
+    #[error("mqtt: a start-up task failed: {0}")]
+    Task(String),
 }
 
 /// A frame that cannot be decoded or encoded.

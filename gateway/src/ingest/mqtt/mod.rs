@@ -36,18 +36,36 @@
 //! Per connection, the packet ids whose PUBLISH was appended and whose
 //! PUBREL has not arrived are kept; a re-sent PUBLISH with such an id gets
 //! its PUBREC again but is not appended again. Persistent sessions are not
-//! offered (see below), so this state lives and dies with the connection.
+//! offered yet, so this state lives and dies with the connection.
+//!
+//! # Messages, retained messages, wills (`message.rs`, `retain.rs`, `will.rs`)
+//!
+//! A publish becomes one log record whose headers carry the MQTT facts:
+//! topic, client id, QoS, packet id, the retain flag and the MQTT 5 message
+//! properties (`message.rs` lists them), so Kafka gets them too and the
+//! broker can rebuild a message from its record. Once durable, a message
+//! goes to the retained set (if retained) and to live subscribers, with its
+//! properties (expiry counted down), subscription identifiers and, under
+//! retain-as-published, its retain flag. The retained set is derived from
+//! the log: a checkpoint plus a replay at start (`retain.rs` has the rules).
+//! A will is published like any message, only when the connection ends
+//! without a normal DISCONNECT (or with 0x04).
 //!
 //! # Refusals
 //!
 //! Nothing is dropped silently; each refusal is counted in [`MqttStats`].
 //! MQTT 5: PUBACK/PUBREC 0x87 (ACL), 0x97 (full log under `reject_new`),
-//! 0x80 (log failure); DISCONNECT 0x95 (packet too large), 0x9A (retain).
+//! 0x80 (log failure); DISCONNECT 0x95 (packet over `max_payload_bytes`,
+//! the Maximum Packet Size CONNACK advertises), 0x94 (topic alias 0 or over
+//! 32), 0x93 (more unacknowledged QoS 1/2 publishes than `receive_maximum`).
 //! MQTT 3.1.1 has no negative acknowledgement: the connection is closed.
-//! Not offered yet, and refused rather than pretended: persistent sessions
-//! (3.1.1 `clean_session = false` gets CONNACK 0x03; MQTT 5 is told
-//! `session_expiry_interval = 0` in CONNACK), retained messages, shared
-//! subscriptions, topic aliases.
+//! Deliveries over the subscriber's Maximum Packet Size, or past their
+//! message expiry, are not sent (counted). Not offered yet, and refused
+//! rather than pretended: persistent sessions (3.1.1 `clean_session = false`
+//! gets CONNACK 0x03, 0x02 with an empty client id; MQTT 5 is told
+//! `session_expiry_interval = 0` in CONNACK), shared subscriptions (SUBACK
+//! 0x9E). Live delivery is from memory: a subscriber more than 256 records
+//! behind misses records (counted in `deliveries_lagged`).
 //!
 //! # Bounded under abuse
 //!
@@ -63,11 +81,15 @@ pub mod config;
 mod connect;
 pub mod error;
 pub mod gate;
+mod message;
 mod observe;
 mod reader;
+mod resend;
+mod retain;
 pub mod route;
 pub mod stats;
 mod tls;
+mod will;
 mod writer;
 mod ws;
 
@@ -77,7 +99,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, Notify};
@@ -102,15 +123,7 @@ use route::Router;
 /// records (counted in `deliveries_lagged`).
 const HUB_CAPACITY: usize = 256;
 
-/// A durably appended publish, on its way to live subscribers.
-#[derive(Debug)]
-pub struct Live {
-    pub topic: Bytes,
-    pub payload: Bytes,
-    pub qos: u8,
-    /// The publishing connection (for MQTT 5 "no local").
-    pub origin: u64,
-}
+pub use message::Live;
 
 /// What every connection task shares.
 pub struct Shared {
@@ -124,6 +137,12 @@ pub struct Shared {
     /// Connected client ids: connection number and the signal that makes it
     /// give way to a newer connection with the same id.
     clients: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+    /// Wills waiting for their MQTT 5 delay interval.
+    wills: will::Delayed,
+    /// The last retained message per topic.
+    retained: Arc<retain::Retained>,
+    /// QoS 1 records of the log tail at start, to recognise re-sends.
+    recent: resend::Recent,
     next_conn: AtomicU64,
     /// `max_connections`, lowered to what the descriptor limit leaves.
     max_connections: u64,
@@ -134,9 +153,23 @@ impl Shared {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// A message is durable in the log: hand it to the retained set (if
+    /// retained) and to the live subscribers.
+    fn durable(&self, message: Live) {
+        if message.retain && self.retained.apply(&message) {
+            let (retained, log) = (self.retained.clone(), self.log.clone());
+            tokio::task::spawn_blocking(move || retained.checkpoint(&log, false));
+        }
+        if self.hub.receiver_count() > 0 {
+            let _ = self.hub.send(Arc::new(message));
+        }
+    }
+
     /// Registers `client_id`; an older connection with the same id is told
-    /// to close (MQTT's session takeover).
+    /// to close (MQTT's session takeover), and a delayed will of that id is
+    /// cancelled.
     fn register(&self, client_id: &str, conn: u64) -> Arc<Notify> {
+        self.wills.cancel(client_id);
         let kick = Arc::new(Notify::new());
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, old)) = clients.insert(client_id.to_string(), (conn, kick.clone())) {
@@ -218,7 +251,28 @@ pub async fn start(
     log: Arc<Log>,
     shutdown: Shutdown,
 ) -> Result<MqttServer, StartError> {
+    let mut config = config.clone();
+    if config.resolve() {
+        tracing::warn!(
+            "mqtt: anonymous clients may publish to every topic (loopback-only listeners and no \
+             anonymous_publish_acl configured); set mqtt.anonymous_publish_acl to restrict them"
+        );
+    }
+    let config = &config;
     let router = Router::new(config, &log)?;
+    let retained = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || retain::Retained::open(&log)
+    })
+    .await
+    .map_err(|e| StartError::Task(e.to_string()))??;
+    let recent = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || resend::Recent::from_log(&log)
+    })
+    .await
+    .map_err(|e| StartError::Task(e.to_string()))?
+    .map_err(|e| StartError::Task(format!("reading the log tail: {e}")))?;
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let stats = Arc::new(MqttStats::default());
     let shared = Arc::new(Shared {
@@ -229,6 +283,9 @@ pub async fn start(
         hub: broadcast::channel(HUB_CAPACITY).0,
         gate: Arc::new(gate::Gate::new(config, stats.clone())),
         clients: Mutex::new(HashMap::new()),
+        wills: will::Delayed::default(),
+        retained: Arc::new(retained),
+        recent,
         next_conn: AtomicU64::new(1),
         max_connections: connection_budget(config.max_connections as u64),
     });
@@ -311,7 +368,13 @@ async fn accept_loop(
     loop {
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown.requested() => return,
+            () = shutdown.requested() => {
+                if tls.is_none() {
+                    let (retained, log) = (shared.retained.clone(), shared.log.clone());
+                    let _ = tokio::task::spawn_blocking(move || retained.checkpoint(&log, true)).await;
+                }
+                return;
+            }
         };
         let stats = &shared.stats;
         if MqttStats::get(&stats.connections_open) >= shared.max_connections {

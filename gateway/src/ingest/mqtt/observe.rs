@@ -54,6 +54,11 @@ fn mqtt_metrics(w: &mut MetricsWriter, m: &MqttStats) {
         "QoS 2 re-sends recognised and not appended again.",
         MqttStats::get(&m.qos2_duplicates),
     );
+    w.counter(
+        "tidewell_mqtt_qos1_resends_total",
+        "QoS 1 re-sends of records durable before a crash, acked without a second append.",
+        MqttStats::get(&m.qos1_resends),
+    );
     let refusals = [
         ("connection_limit", &m.connections_rejected),
         ("auth", &m.auth_failures),
@@ -88,6 +93,16 @@ fn mqtt_metrics(w: &mut MetricsWriter, m: &MqttStats) {
         "tidewell_mqtt_deliveries_lagged_total",
         "Records a slow local subscriber missed.",
         MqttStats::get(&m.deliveries_lagged),
+    );
+    w.counter(
+        "tidewell_mqtt_deliveries_expired_total",
+        "Messages not delivered: their MQTT 5 message expiry had passed.",
+        MqttStats::get(&m.deliveries_expired),
+    );
+    w.counter(
+        "tidewell_mqtt_deliveries_too_large_total",
+        "Messages not delivered: larger than the subscriber's Maximum Packet Size.",
+        MqttStats::get(&m.deliveries_too_large),
     );
 }
 

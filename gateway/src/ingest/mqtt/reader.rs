@@ -2,7 +2,8 @@
 //! the log (without waiting for the disk) and queues what the writer must
 //! send, in arrival order.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,8 +17,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::codec::{self, qos_of, Incoming, Out, PublishMeta, Reason, Version};
-use super::connect::Session;
+use super::connect::{Session, TOPIC_ALIAS_MAX};
 use super::error::{CodecError, ConnError};
+use super::message::{Live, Props};
 use super::stats::MqttStats;
 use super::writer::{Answer, Entry, Pending, Sub};
 use super::Shared;
@@ -80,6 +82,11 @@ pub struct Reader {
     /// which forgets an id whose append failed). Locked briefly, never
     /// across an await.
     qos2: Arc<Mutex<HashSet<u16>>>,
+    /// QoS 1 publishes received and not yet acknowledged (the writer counts
+    /// its PUBACKs down): with `qos2`, what MQTT 5's Receive Maximum bounds.
+    qos1_unacked: Arc<AtomicUsize>,
+    /// MQTT 5 topic aliases the client set up (at most `TOPIC_ALIAS_MAX`).
+    aliases: HashMap<u16, Bytes>,
 }
 
 impl Reader {
@@ -88,6 +95,7 @@ impl Reader {
         shared: Arc<Shared>,
         fifo: mpsc::Sender<Entry>,
         qos2: Arc<Mutex<HashSet<u16>>>,
+        qos1_unacked: Arc<AtomicUsize>,
     ) -> Reader {
         Reader {
             session,
@@ -95,6 +103,8 @@ impl Reader {
             shared,
             fifo,
             qos2,
+            qos1_unacked,
+            aliases: HashMap::new(),
         }
     }
 
@@ -179,6 +189,8 @@ impl Reader {
                 self.on_publish(publish, props, meta).await?;
             }
             Packet::PubAck(ack, _) => self.queue(Entry::Delivered(ack.pkid)).await?,
+            Packet::PubRec(rec, _) => self.queue(Entry::Received(rec.pkid)).await?,
+            Packet::PubComp(comp, _) => self.queue(Entry::Delivered(comp.pkid)).await?,
             Packet::PubRel(rel, _) => {
                 let known = self.qos2_lock().remove(&rel.pkid);
                 let reason = if known {
@@ -189,7 +201,10 @@ impl Reader {
                 self.queue(Entry::Send(Box::new(Out::PubComp(rel.pkid, reason))))
                     .await?;
             }
-            Packet::Subscribe(subscribe, _) => self.on_subscribe(subscribe).await?,
+            Packet::Subscribe(subscribe, props) => {
+                let id = props.and_then(|p| p.id);
+                self.on_subscribe(subscribe, id).await?;
+            }
             Packet::Unsubscribe(unsub, _) => {
                 let out = Out::UnsubAck(unsub.pkid, unsub.filters.len());
                 self.queue(Entry::Unsubscribe(Box::new((unsub.filters, out))))
@@ -202,8 +217,6 @@ impl Reader {
                     _ => Ended::Disconnect,
                 }));
             }
-            // We never send QoS 2 deliveries, so PUBREC/PUBCOMP have nothing to complete.
-            Packet::PubRec(..) | Packet::PubComp(..) => {}
             other => return Err(self.protocol(packet_name(&other))),
         }
         Ok(None)
@@ -211,18 +224,40 @@ impl Reader {
 
     async fn on_publish(
         &mut self,
-        publish: Publish,
+        mut publish: Publish,
         props: Option<PublishProperties>,
         meta: PublishMeta,
     ) -> Result<(), ConnError> {
         let shared = self.shared.clone();
         let stats = &shared.stats;
         MqttStats::inc(&stats.publishes_received);
+        self.resolve_alias(&mut publish, props.as_ref()).await?;
         let ack = Answer::for_qos(meta.qos, meta.pkid);
+        let duplicate = meta.qos == 2 && self.qos2_lock().contains(&meta.pkid);
+        if !duplicate {
+            self.count_inbound(meta.qos).await?;
+        }
         let topic = match self.check_publish(&publish).await? {
             Ok(topic) => topic,
             Err(reason) => return self.refuse(ack, reason).await,
         };
+        if meta.qos == 1 {
+            let client_id = &self.session.client_id;
+            if meta.dup
+                && shared
+                    .recent
+                    .is_resend(client_id, meta.pkid, &publish.topic, &publish.payload)
+            {
+                // Durable before a crash, its PUBACK lost: ack, append never.
+                MqttStats::inc(&stats.qos1_resends);
+                self.flush_batch().await?;
+                let puback = Out::PubAck(meta.pkid, Reason::Success);
+                return self.queue(Entry::Send(Box::new(puback))).await;
+            }
+            if !meta.dup {
+                shared.recent.forget(client_id, meta.pkid);
+            }
+        }
         if meta.qos == 2 && !self.qos2_lock().insert(meta.pkid) {
             // A re-sent QoS 2 publish already appended: ack again, append never.
             MqttStats::inc(&stats.qos2_duplicates);
@@ -230,7 +265,16 @@ impl Reader {
             return self.queue(Entry::Duplicate(meta.pkid)).await;
         }
         let dest = shared.router.route(topic, &self.session.client_id);
-        let record = self.record(&publish, props.as_ref(), meta.qos, dest.key);
+        let message = Live {
+            topic: publish.topic.clone(),
+            payload: publish.payload.clone(),
+            qos: meta.qos,
+            retain: publish.retain,
+            props: props.as_ref().map(Props::from_publish).unwrap_or_default(),
+            received_ms: log::now_ms(),
+            origin: self.session.conn,
+        };
+        let record = message.record(&self.session.client_id, meta.pkid, dest.key);
         let full = |b: &Batch| {
             b.topic != dest.topic
                 || b.partition != dest.partition
@@ -249,11 +293,67 @@ impl Reader {
         });
         batch.bytes += record.payload_len();
         batch.records.push(record);
+        let retained = message.retain.then(|| shared.retained.guard());
         batch.acks.push(Pending {
             ack,
-            topic: publish.topic.clone(),
-            payload: publish.payload.clone(),
+            message,
+            _retained: retained,
         });
+        Ok(())
+    }
+
+    /// MQTT 5 topic aliases: a publish with a topic and an alias sets the
+    /// alias, one with an empty topic uses it. Alias 0, or one above what
+    /// CONNACK allowed, ends the connection with 0x94.
+    async fn resolve_alias(
+        &mut self,
+        publish: &mut Publish,
+        props: Option<&PublishProperties>,
+    ) -> Result<(), ConnError> {
+        let Some(alias) = props.and_then(|p| p.topic_alias) else {
+            return Ok(());
+        };
+        if alias == 0 || alias > TOPIC_ALIAS_MAX {
+            self.flush_batch().await?;
+            MqttStats::inc(&self.shared.stats.protocol_errors);
+            self.disconnect(DisconnectReasonCode::TopicAliasInvalid);
+            return Err(ConnError::Protocol(format!(
+                "topic alias {alias} (allowed: 1..={TOPIC_ALIAS_MAX})"
+            )));
+        }
+        if publish.topic.is_empty() {
+            match self.aliases.get(&alias) {
+                Some(topic) => publish.topic = topic.clone(),
+                None => {
+                    self.flush_batch().await?;
+                    return Err(self.protocol("topic alias that was never set"));
+                }
+            }
+        } else {
+            self.aliases.insert(alias, publish.topic.clone());
+        }
+        Ok(())
+    }
+
+    /// Counts a QoS 1/2 publish against our Receive Maximum: an MQTT 5
+    /// client that sends more unacknowledged ones gets DISCONNECT 0x93.
+    async fn count_inbound(&mut self, qos: u8) -> Result<(), ConnError> {
+        if qos == 0 {
+            return Ok(());
+        }
+        let unacked = self.qos1_unacked.load(Ordering::Acquire) + self.qos2_lock().len();
+        let max = usize::from(self.shared.config.receive_maximum);
+        if self.session.version == Version::V5 && unacked >= max {
+            self.flush_batch().await?;
+            MqttStats::inc(&self.shared.stats.protocol_errors);
+            self.disconnect(DisconnectReasonCode::ReceiveMaximumExceeded);
+            return Err(ConnError::Protocol(format!(
+                "more than receive_maximum = {max} unacknowledged publishes"
+            )));
+        }
+        if qos == 1 {
+            self.qos1_unacked.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(())
     }
 
@@ -270,29 +370,15 @@ impl Reader {
             return Err(self.protocol("PUBLISH topic is not UTF-8"));
         };
         if topic.is_empty() {
-            // Only a topic alias could make an empty topic valid; we allow none.
+            // Only a topic alias makes an empty topic valid (resolved before).
             self.flush_batch().await?;
-            self.disconnect(DisconnectReasonCode::TopicAliasInvalid);
-            return Err(ConnError::Protocol(
-                "empty topic (topic aliases are not supported)".into(),
-            ));
-        }
-        if publish.retain {
-            MqttStats::inc(&stats.refused_retain);
-            self.flush_batch().await?;
-            self.disconnect(DisconnectReasonCode::RetainNotSupported);
-            return Err(ConnError::Protocol(
-                "retained messages are not supported".into(),
-            ));
+            return Err(self.protocol("PUBLISH with an empty topic and no alias"));
         }
         Ok(if topic.contains(['+', '#']) {
             Err(Reason::TopicNameInvalid)
         } else if !self.session.acl.may_publish(topic) {
             MqttStats::inc(&stats.refused_not_authorized);
             Err(Reason::NotAuthorized)
-        } else if publish.payload.len() > shared.config.max_payload_bytes {
-            MqttStats::inc(&stats.refused_too_large);
-            Err(Reason::PacketTooLarge)
         } else {
             Ok(topic)
         })
@@ -328,34 +414,6 @@ impl Reader {
                 }
                 Ok(())
             }
-        }
-    }
-
-    /// The log record of a publish: arrival time, routed key, and the MQTT
-    /// facts as headers.
-    fn record(
-        &self,
-        publish: &Publish,
-        props: Option<&PublishProperties>,
-        qos: u8,
-        key: Option<Bytes>,
-    ) -> Record {
-        let mut headers = vec![
-            ("mqtt.topic".to_string(), publish.topic.clone()),
-            (
-                "mqtt.client_id".to_string(),
-                Bytes::copy_from_slice(self.session.client_id.as_bytes()),
-            ),
-            ("mqtt.qos".to_string(), Bytes::from(qos.to_string())),
-        ];
-        for (name, value) in props.map(|p| p.user_properties.as_slice()).unwrap_or(&[]) {
-            headers.push((format!("mqtt.user.{name}"), Bytes::from(value.clone())));
-        }
-        Record {
-            timestamp_ms: log::now_ms(),
-            key,
-            value: publish.payload.clone(),
-            headers,
         }
     }
 
@@ -412,7 +470,11 @@ impl Reader {
         }
     }
 
-    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), ConnError> {
+    async fn on_subscribe(
+        &mut self,
+        subscribe: Subscribe,
+        id: Option<usize>,
+    ) -> Result<(), ConnError> {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut granted = Vec::new();
         for filter in subscribe.filters {
@@ -425,12 +487,14 @@ impl Reader {
                 MqttStats::inc(&self.shared.stats.refused_not_authorized);
                 SubscribeReasonCode::NotAuthorized
             } else {
-                // Live delivery is at most QoS 1 (no sessions to finish QoS 2 in).
-                let qos = (filter.qos as u8).min(1);
+                let qos = filter.qos as u8;
                 granted.push(Sub {
                     filter: path,
                     qos,
                     no_local: filter.nolocal,
+                    retain_as_published: filter.preserve_retain,
+                    retained: filter.retain_forward_rule,
+                    id,
                 });
                 SubscribeReasonCode::Success(qos_of(qos))
             };
@@ -440,33 +504,12 @@ impl Reader {
         self.queue(Entry::Subscribe(Box::new((granted, out)))).await
     }
 
-    /// Appends the will of a connection that ended abruptly (not awaited:
+    /// Publishes the will of a connection that ended abruptly (not awaited:
     /// nobody is left to acknowledge it to).
-    pub fn append_will(&mut self) {
-        let Some(will) = self.session.will.take() else {
-            return;
-        };
-        let Ok(topic) = std::str::from_utf8(&will.topic) else {
-            return;
-        };
-        let props = self
-            .session
-            .will_properties
-            .take()
-            .map(|p| PublishProperties {
-                user_properties: p.user_properties,
-                ..PublishProperties::default()
-            });
-        let publish = Publish::new(will.topic.clone(), will.message.clone(), false);
-        let dest = self.shared.router.route(topic, &self.session.client_id);
-        let record = self.record(&publish, props.as_ref(), will.qos as u8, dest.key);
-        match self
-            .shared
-            .log
-            .append(dest.topic, dest.partition, vec![record])
-        {
-            Ok(_) => MqttStats::inc(&self.shared.stats.publishes_appended),
-            Err(e) => tracing::warn!(client_id = self.session.client_id, "will not appended: {e}"),
+    pub fn publish_will(&mut self) {
+        if let Some(will) = self.session.will.take() {
+            let expiry_s = self.session.session_expiry_s;
+            super::will::publish(&self.shared, &self.session.client_id, will, expiry_s);
         }
     }
 

@@ -22,6 +22,9 @@ pub struct MqttStats {
     pub bytes_appended: AtomicU64,
     /// QoS 2 re-sends of a packet id still awaiting PUBREL: not appended again.
     pub qos2_duplicates: AtomicU64,
+    /// QoS 1 re-sends (DUP = 1) of a record durable before a crash: acked,
+    /// not appended again.
+    pub qos1_resends: AtomicU64,
     pub refused_not_authorized: AtomicU64,
     pub refused_too_large: AtomicU64,
     pub refused_quota: AtomicU64,
@@ -35,6 +38,11 @@ pub struct MqttStats {
     pub deliveries: AtomicU64,
     /// Live records a slow subscriber missed (its queue overflowed).
     pub deliveries_lagged: AtomicU64,
+    /// Messages not delivered because their MQTT 5 expiry had passed.
+    pub deliveries_expired: AtomicU64,
+    /// Messages not delivered because they exceed the subscriber's Maximum
+    /// Packet Size (MQTT 5 says to drop them).
+    pub deliveries_too_large: AtomicU64,
     /// Password checks: run, cached, throttled, refused as busy.
     pub gate: GateStats,
 }

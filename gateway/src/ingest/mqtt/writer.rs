@@ -3,24 +3,26 @@
 //! durable, and acks leave in arrival order), and sends live records to the
 //! connection's subscriptions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
-use rumqttd::protocol::{matches, DisconnectReasonCode};
+use bytes::BytesMut;
+use rumqttd::protocol::{matches, DisconnectReasonCode, RetainForwardRule};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 
-use super::codec::{self, Out, Reason, Version};
+use super::codec::{self, Delivery, Out, Reason, Version};
 use super::connect::{Session, WRITE_TIMEOUT};
 use super::error::ConnError;
+use super::message::Live;
 use super::stats::MqttStats;
-use super::{Live, Shared};
-use crate::log::{AppendError, AppendTicket, Appended};
+use super::Shared;
+use crate::log::{self, AppendError, AppendTicket, Appended};
 
 /// Write buffer kept between flushes; larger ones are given back.
 const IDLE_WRITE_BYTES: usize = 512;
@@ -40,16 +42,20 @@ pub enum Entry {
     Send(Box<Out>),
     Subscribe(Box<(Vec<Sub>, Out)>),
     Unsubscribe(Box<(Vec<String>, Out)>),
-    /// The client acknowledged our QoS 1 delivery with this packet id.
+    /// The client finished our delivery with this packet id (PUBACK for
+    /// QoS 1, PUBCOMP for QoS 2).
     Delivered(u16),
+    /// The client received our QoS 2 delivery (PUBREC): PUBREL goes back.
+    Received(u16),
 }
 
-/// One appended publish waiting for its ack; topic and payload go to live
-/// subscribers once durable (they share the record's memory).
+/// One appended publish waiting for its ack; the message goes to
+/// subscribers once durable (it shares the record's memory).
 pub struct Pending {
     pub ack: Answer,
-    pub topic: Bytes,
-    pub payload: Bytes,
+    pub message: Live,
+    /// Held until a retained message was applied (see `retain.rs`).
+    pub _retained: Option<super::retain::Guard>,
 }
 
 /// The acknowledgement a publish gets (by QoS: none, PUBACK, PUBREC).
@@ -68,14 +74,6 @@ impl Answer {
             _ => Answer::PubRec(pkid),
         }
     }
-
-    fn qos(self) -> u8 {
-        match self {
-            Answer::None => 0,
-            Answer::PubAck(_) => 1,
-            Answer::PubRec(_) => 2,
-        }
-    }
 }
 
 /// A granted subscription.
@@ -85,6 +83,20 @@ pub struct Sub {
     pub qos: u8,
     /// MQTT 5: do not deliver this connection's own publishes.
     pub no_local: bool,
+    /// MQTT 5: forward the retain flag of live messages as published
+    /// (otherwise only messages sent because of the subscription carry it).
+    pub retain_as_published: bool,
+    /// MQTT 5 retain handling: when retained messages are sent on subscribe.
+    pub retained: RetainForwardRule,
+    /// MQTT 5 subscription identifier, sent with each matching message.
+    pub id: Option<usize>,
+}
+
+/// A retained message owed to one subscription.
+struct Owed {
+    message: Arc<Live>,
+    qos: u8,
+    id: Option<usize>,
 }
 
 /// The reason code for a failed append, counted.
@@ -113,11 +125,19 @@ pub struct Writer<W> {
     client_id: String,
     shared: Arc<Shared>,
     qos2: Arc<Mutex<HashSet<u16>>>,
+    /// QoS 1 publishes not yet acknowledged; each PUBACK counts one down.
+    qos1_unacked: Arc<AtomicUsize>,
     subs: Vec<Sub>,
     live: Option<broadcast::Receiver<Arc<Live>>>,
-    /// Our QoS 1 deliveries the client has not acknowledged yet.
-    inflight: HashSet<u16>,
+    /// Retained messages owed to new subscriptions, sent before live ones
+    /// as the client's Receive Maximum allows (Arcs into the retained set).
+    backlog: VecDeque<Owed>,
+    /// Our QoS 1/2 deliveries the client has not finished yet, with their
+    /// QoS (the client's Receive Maximum bounds them).
+    inflight: HashMap<u16, u8>,
     max_inflight: usize,
+    /// The client's Maximum Packet Size: larger deliveries are dropped.
+    max_packet: usize,
     next_pkid: u16,
 }
 
@@ -127,6 +147,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         session: &Session,
         shared: Arc<Shared>,
         qos2: Arc<Mutex<HashSet<u16>>>,
+        qos1_unacked: Arc<AtomicUsize>,
     ) -> Self {
         Writer {
             wr,
@@ -136,10 +157,13 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             client_id: session.client_id.clone(),
             shared,
             qos2,
+            qos1_unacked,
             subs: Vec::new(),
             live: None,
-            inflight: HashSet::new(),
+            backlog: VecDeque::new(),
+            inflight: HashMap::new(),
             max_inflight: usize::from(session.client_receive_max),
+            max_packet: session.client_max_packet,
             next_pkid: 1,
         }
     }
@@ -147,7 +171,13 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
     /// Runs until the reader closes the FIFO (then drains it) or a write fails.
     pub async fn run(mut self, mut fifo: mpsc::Receiver<Entry>) -> Result<(), ConnError> {
         loop {
-            let can_deliver = self.live.is_some() && self.inflight.len() < self.max_inflight;
+            self.pay_backlog()?;
+            if fifo.is_empty() {
+                self.flush().await?;
+            }
+            let can_deliver = self.live.is_some()
+                && self.backlog.is_empty()
+                && self.inflight.len() < self.max_inflight;
             tokio::select! {
                 biased;
                 entry = fifo.recv() => match entry {
@@ -155,9 +185,6 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                     None => break,
                 },
                 live = next_live(self.live.as_mut()), if can_deliver => self.deliver(live)?,
-            }
-            if fifo.is_empty() {
-                self.flush().await?;
             }
         }
         self.flush().await?;
@@ -170,7 +197,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             Entry::Publish { ticket, acks } => {
                 let result = self.durable(ticket).await?;
                 for p in acks {
-                    self.acknowledge(p.ack, result.clone(), p.topic, p.payload)?;
+                    self.acknowledge(p.ack, result.clone(), p.message)?;
                 }
                 Ok(())
             }
@@ -194,14 +221,17 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             }
             Entry::Subscribe(subscribe) => {
                 let (granted, suback) = *subscribe;
+                self.encode(suback)?;
                 for sub in granted {
+                    let existed = self.subs.iter().any(|s| s.filter == sub.filter);
                     self.subs.retain(|s| s.filter != sub.filter);
+                    self.owe_retained(&sub, existed);
                     self.subs.push(sub);
                 }
                 if self.live.is_none() && !self.subs.is_empty() {
                     self.live = Some(self.shared.hub.subscribe());
                 }
-                self.encode(suback)
+                Ok(())
             }
             Entry::Unsubscribe(unsubscribe) => {
                 let (filters, unsuback) = *unsubscribe;
@@ -213,6 +243,12 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             }
             Entry::Delivered(pkid) => {
                 self.inflight.remove(&pkid);
+                Ok(())
+            }
+            Entry::Received(pkid) => {
+                if self.inflight.get(&pkid) == Some(&2) {
+                    self.encode(Out::PubRel(pkid))?;
+                }
                 Ok(())
             }
         }
@@ -235,23 +271,14 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         &mut self,
         ack: Answer,
         result: Result<Appended, AppendError>,
-        topic: Bytes,
-        payload: Bytes,
+        message: Live,
     ) -> Result<(), ConnError> {
         let stats = &self.shared.stats;
         let reason = match &result {
             Ok(_) => {
                 MqttStats::inc(&stats.publishes_appended);
-                MqttStats::add(&stats.bytes_appended, payload.len() as u64);
-                if self.shared.hub.receiver_count() > 0 {
-                    let live = Live {
-                        topic,
-                        payload,
-                        qos: ack.qos(),
-                        origin: self.conn,
-                    };
-                    let _ = self.shared.hub.send(Arc::new(live));
-                }
+                MqttStats::add(&stats.bytes_appended, message.payload.len() as u64);
+                self.shared.durable(message);
                 Reason::Success
             }
             Err(e) => {
@@ -293,6 +320,39 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         }
     }
 
+    /// Sends owed retained messages while the client's Receive Maximum
+    /// leaves room.
+    fn pay_backlog(&mut self) -> Result<(), ConnError> {
+        while self.inflight.len() < self.max_inflight {
+            let Some(owed) = self.backlog.pop_front() else {
+                return Ok(());
+            };
+            let ids: Vec<usize> = owed.id.into_iter().collect();
+            self.send_message(&owed.message, owed.qos, true, &ids)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the retained messages a new subscription gets (MQTT 5 retain
+    /// handling: always, only if new, or never).
+    fn owe_retained(&mut self, sub: &Sub, existed: bool) {
+        let wanted = match sub.retained {
+            RetainForwardRule::OnEverySubscribe => true,
+            RetainForwardRule::OnNewSubscribe => !existed,
+            RetainForwardRule::Never => false,
+        };
+        if !wanted || sub.filter.starts_with("$share/") {
+            return;
+        }
+        for message in self.shared.retained.matching(&sub.filter) {
+            self.backlog.push_back(Owed {
+                qos: sub.qos.min(message.qos),
+                message,
+                id: sub.id,
+            });
+        }
+    }
+
     /// Sends one live record to this connection if a subscription matches.
     fn deliver(&mut self, live: Result<Arc<Live>, RecvError>) -> Result<(), ConnError> {
         let live = match live {
@@ -310,38 +370,76 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         let Ok(topic) = std::str::from_utf8(&live.topic) else {
             return Ok(());
         };
-        let granted = self
-            .subs
-            .iter()
-            .filter(|s| !(s.no_local && live.origin == self.conn) && matches(topic, &s.filter))
-            .map(|s| s.qos)
-            .max();
+        let mut granted = None;
+        let mut retain = false;
+        let mut ids = Vec::new();
+        let own = live.origin == self.conn;
+        for s in &self.subs {
+            if !(s.no_local && own) && matches(topic, &s.filter) {
+                granted = granted.max(Some(s.qos));
+                retain |= s.retain_as_published && live.retain;
+                ids.extend(s.id);
+            }
+        }
         let Some(granted) = granted else {
             return Ok(());
         };
-        let qos = granted.min(live.qos);
-        let pkid = if qos == 0 { 0 } else { self.take_pkid() };
-        MqttStats::inc(&self.shared.stats.deliveries);
-        self.encode(Out::Publish {
+        self.send_message(&live, granted.min(live.qos), retain, &ids)
+    }
+
+    /// Encodes one delivery, unless it expired or exceeds the client's
+    /// Maximum Packet Size (MQTT 5 says to drop it then, as if delivered).
+    fn send_message(
+        &mut self,
+        live: &Live,
+        qos: u8,
+        retain: bool,
+        ids: &[usize],
+    ) -> Result<(), ConnError> {
+        let now = log::now_ms();
+        if live.expired(now) {
+            MqttStats::inc(&self.shared.stats.deliveries_expired);
+            return Ok(());
+        }
+        let pkid = if qos == 0 { 0 } else { self.take_pkid(qos) };
+        let before = self.buf.len();
+        self.encode(Out::Publish(Box::new(Delivery {
             topic: live.topic.clone(),
             payload: live.payload.clone(),
             qos,
             pkid,
-        })
+            retain,
+            dup: false,
+            properties: live.publish_properties(now, ids),
+        })))?;
+        if self.buf.len() - before > self.max_packet {
+            self.buf.truncate(before);
+            self.inflight.remove(&pkid);
+            MqttStats::inc(&self.shared.stats.deliveries_too_large);
+            return Ok(());
+        }
+        MqttStats::inc(&self.shared.stats.deliveries);
+        Ok(())
     }
 
-    fn take_pkid(&mut self) -> u16 {
+    fn take_pkid(&mut self, qos: u8) -> u16 {
         // `inflight` is below max_inflight <= u16::MAX, so a free id exists.
-        while self.next_pkid == 0 || self.inflight.contains(&self.next_pkid) {
+        while self.next_pkid == 0 || self.inflight.contains_key(&self.next_pkid) {
             self.next_pkid = self.next_pkid.wrapping_add(1);
         }
         let pkid = self.next_pkid;
         self.next_pkid = self.next_pkid.wrapping_add(1);
-        self.inflight.insert(pkid);
+        self.inflight.insert(pkid, qos);
         pkid
     }
 
     fn encode(&mut self, out: Out) -> Result<(), ConnError> {
+        if matches!(out, Out::PubAck(..)) {
+            // The client may send one more QoS 1 publish once it has this.
+            let _ = self
+                .qos1_unacked
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
         Ok(codec::encode(out, self.version, &mut self.buf)?)
     }
 
