@@ -56,7 +56,7 @@
 //! keep-alive (capped at `keep_alive_max_s`, so half-open TCP connections
 //! die) is closed; writes time out; at most `max_connections` connections.
 
-mod acl;
+pub(crate) mod acl;
 pub mod auth;
 mod codec;
 pub mod config;
@@ -67,7 +67,7 @@ mod observe;
 mod reader;
 pub mod route;
 pub mod stats;
-mod tls;
+pub(crate) mod tls;
 mod writer;
 
 use std::collections::HashMap;
