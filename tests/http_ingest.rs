@@ -489,12 +489,14 @@ else:
 const WRITERS: &str = r#"
 import sys, threading, requests
 base = sys.argv[1]
+lock = threading.Lock()
 def run(w):
     s = requests.Session()
     for n in range(150):
         body = f"w{w}-{n}"
         if s.post(f"{base}/v1/topics/ingest", data=body, timeout=10).status_code == 200:
-            print(body, flush=True)
+            with lock:
+                sys.stdout.write(body + "\n"); sys.stdout.flush()
 ts = [threading.Thread(target=run, args=(w,)) for w in range(4)]
 for t in ts: t.start()
 for t in ts: t.join()
