@@ -25,6 +25,7 @@
 //! [`Gate`] of this listener's own (bounded, cached, slowed after failures).
 
 mod auth;
+pub mod client;
 pub mod config;
 pub mod idempotency;
 mod observe;
