@@ -573,3 +573,56 @@ fn a_follower_never_sees_a_record_whose_fsync_failed() {
         .collect();
     assert_eq!(got, acked);
 }
+
+#[test]
+fn log_dump_follow_prints_records_as_they_become_durable() {
+    let dir = harness::temp_dir();
+    let gw = Gateway::start(dir.path(), &config(dir.path(), "", ""));
+    for i in 0..3 {
+        assert_eq!(
+            post(&gw, "/v1/topics/ingest", &format!("before-{i}"), &[]).code,
+            200
+        );
+    }
+    let mut follow = Command::new(harness::BIN)
+        .args([
+            "log", "dump", "--follow", "--topic", "ingest", "--from", "1", "--url",
+        ])
+        .arg(base(&gw))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock()
+                .unwrap()
+                .push(serde_json::from_str(&line).unwrap());
+        }
+    });
+    wait_for("the two older records", Duration::from_secs(20), || {
+        lines.lock().unwrap().len() == 2
+    });
+    for i in 0..5 {
+        assert_eq!(
+            post(&gw, "/v1/topics/ingest", &format!("after-{i}"), &[]).code,
+            200
+        );
+    }
+    wait_for("the new records", Duration::from_secs(20), || {
+        lines.lock().unwrap().len() == 7
+    });
+    let got = lines.lock().unwrap().clone();
+    assert_eq!(
+        payloads(&got),
+        ["before-1", "before-2", "after-0", "after-1", "after-2", "after-3", "after-4"]
+    );
+    let offsets: Vec<u64> = got.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (1..8).collect::<Vec<u64>>());
+    // The same JSON shape as `log dump`.
+    assert_eq!(got, harness::dump(&harness::data_dir(dir.path()))[1..]);
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
