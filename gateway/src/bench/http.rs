@@ -40,6 +40,9 @@ struct Measured {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// CPU time per request of the gateway, and of the clients (this process).
+    gateway_cpu_us: f64,
+    client_cpu_us: f64,
 }
 
 pub fn run(args: &HttpBenchArgs) -> anyhow::Result<()> {
@@ -62,6 +65,10 @@ fn run_in(args: &HttpBenchArgs, root: &Path) -> anyhow::Result<()> {
     println!(
         "tidewell http: {:>9.0} records/s  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         http.per_s, http.p50_ms, http.p99_ms, http.max_ms
+    );
+    println!(
+        "tidewell http:  CPU per request: gateway {:.1} us, clients {:.1} us",
+        http.gateway_cpu_us, http.client_cpu_us
     );
     let log_args = BenchArgs {
         dir: root.to_path_buf(),
@@ -100,7 +107,12 @@ fn http_side(args: &HttpBenchArgs, root: &Path) -> anyhow::Result<Measured> {
         ),
     )?;
     let (child, _) = start_gateway(&config)?;
-    let _gateway = KillOnDrop(child);
+    let gateway = KillOnDrop(child);
+    let pid = gateway.0.id();
+    let cpu_before = (
+        super::cpu_seconds(pid)?,
+        super::cpu_seconds(std::process::id())?,
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -119,6 +131,10 @@ fn http_side(args: &HttpBenchArgs, root: &Path) -> anyhow::Result<Measured> {
         anyhow::Ok(all)
     })?;
     let elapsed = started.elapsed();
+    let cpu = (
+        super::cpu_seconds(pid)? - cpu_before.0,
+        super::cpu_seconds(std::process::id())? - cpu_before.1,
+    );
     latencies.sort_unstable();
     let pick = |q: f64| {
         let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
@@ -129,6 +145,8 @@ fn http_side(args: &HttpBenchArgs, root: &Path) -> anyhow::Result<Measured> {
         p50_ms: pick(0.50),
         p99_ms: pick(0.99),
         max_ms: pick(1.0),
+        gateway_cpu_us: cpu.0 * 1e6 / latencies.len().max(1) as f64,
+        client_cpu_us: cpu.1 * 1e6 / latencies.len().max(1) as f64,
     })
 }
 

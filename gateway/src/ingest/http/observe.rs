@@ -48,10 +48,6 @@ impl HttpIngestStats {
             self.refusals[i].fetch_add(1, Ordering::Relaxed);
         }
     }
-
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
 }
 
 fn load(counter: &AtomicU64) -> u64 {

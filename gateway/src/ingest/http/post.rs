@@ -104,12 +104,18 @@ pub async fn post(
         let count = records.len();
         idempotency::mark(&mut records[0], user, key, count);
     }
-    // In a task of its own: a client that hangs up while its append is
-    // being synced must not lose the key of records that become durable.
+    let Some(ticket) = ticket else {
+        return match append(shared, topic, Partition(partition), records).await {
+            Ok(answer) => reply::json(StatusCode::OK, &serde_json::json!(answer)),
+            Err(reply) => reply,
+        };
+    };
+    // A keyed append runs in a task of its own: a client that hangs up
+    // while its records are being synced must not lose their key.
     let (task_shared, task_topic) = (shared.clone(), topic.to_string());
     let appending = tokio::spawn(async move {
         let result = append(&task_shared, &task_topic, Partition(partition), records).await;
-        if let (Ok(answer), Some(ticket)) = (&result, ticket) {
+        if let Ok(answer) = &result {
             ticket.done(answer.clone());
         }
         result
