@@ -142,3 +142,13 @@ fn bench_journal_runs() {
     let out = bench(dir.path(), &["journal", "--entries", "3000"]);
     printed(&out, &["entries/s", "journalctl -o export", "peak RSS"]);
 }
+
+#[test]
+fn bench_http_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path(), &["http", "--requests", "400", "--clients", "4"]);
+    printed(
+        &out,
+        &["tidewell http", "p99", "tidewell log", "http / log"],
+    );
+}

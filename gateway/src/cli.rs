@@ -110,6 +110,20 @@ struct DumpArgs {
     /// Start at this offset (default: the start of each partition).
     #[arg(long)]
     from: Option<u64>,
+    /// Keep going: print records as they become durable, read through the
+    /// running gateway's HTTP read-back API (`--url`); needs `--topic`
+    /// (`--partition` defaults to 0). Never prints a record not yet on disk.
+    #[arg(long, requires = "topic")]
+    follow: bool,
+    /// The gateway's `[http_ingest]` listener, for `--follow` (plain HTTP).
+    #[arg(long, default_value = "http://127.0.0.1:8180")]
+    url: String,
+    /// A `[[mqtt.users]]` user for `--follow`; its password is read from
+    /// `--password-file`.
+    #[arg(long, requires = "password_file")]
+    user: Option<String>,
+    #[arg(long)]
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +144,8 @@ enum BenchCommand {
     Wire(crate::bench::wire::WireBenchArgs),
     /// Journal entries/s from a journal directory into the log, against journalctl's raw read rate.
     Journal(crate::bench::journal::JournalBenchArgs),
+    /// Records/s of 16 keep-alive HTTP clients (fsync always) against the log's durable rate.
+    Http(crate::bench::http::HttpBenchArgs),
     /// A reconnect storm of authenticated devices, and the memory of idle ones against Mosquitto.
     Connect(crate::bench::connect::ConnectBenchArgs),
     /// MQTT load (N clients x M messages): Tidewell (fsync always) against Mosquitto, or any broker.
@@ -200,6 +216,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Connect(args)) => {
             crate::bench::connect::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Http(args)) => {
+            crate::bench::http::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Journal(args)) => {
             crate::bench::journal::run(&args).map(|()| ExitCode::SUCCESS)
@@ -308,6 +327,9 @@ fn verify(data_dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn dump(args: &DumpArgs) -> anyhow::Result<ExitCode> {
+    if args.follow {
+        return follow(args);
+    }
     let log = open_existing(&args.data_dir)?;
     if let Some(topic) = &args.topic {
         if log.topic(topic).is_none() {
@@ -329,4 +351,35 @@ fn dump(args: &DumpArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `log dump --follow`: the partition through the gateway's read-back API.
+fn follow(args: &DumpArgs) -> anyhow::Result<ExitCode> {
+    use crate::ingest::http::client;
+    let addr = client::parse_url(&args.url)?;
+    let auth = match (&args.user, &args.password_file) {
+        (Some(user), Some(file)) => {
+            let password = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            Some(client::basic_auth(
+                user,
+                password.trim_end_matches(['\r', '\n']),
+            ))
+        }
+        _ => None,
+    };
+    let topic = args.topic.as_deref().unwrap_or_default();
+    let mut path = format!(
+        "/v1/topics/{topic}/partitions/{}/records?follow=true",
+        args.partition.unwrap_or(0)
+    );
+    if let Some(from) = args.from {
+        path.push_str(&format!("&offset={from}"));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut out = std::io::stdout().lock();
+    runtime.block_on(client::follow(addr, &path, auth.as_deref(), &mut out))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -190,7 +190,11 @@ fn raw_fdatasync_rate(dir: &Path, seconds: f64) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-fn bench_tidewell(args: &BenchArgs, policy: FsyncPolicy, dir: &Path) -> anyhow::Result<Figures> {
+pub fn bench_tidewell(
+    args: &BenchArgs,
+    policy: FsyncPolicy,
+    dir: &Path,
+) -> anyhow::Result<Figures> {
     let compression = match args.compression {
         CompressionArg::None => Compression::None,
         CompressionArg::Lz4 => Compression::Lz4,

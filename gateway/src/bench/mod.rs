@@ -2,6 +2,7 @@
 //! side in one run, on this machine, and prints ratios.
 
 pub mod connect;
+pub mod http;
 pub mod journal;
 pub mod log;
 pub mod modbus;

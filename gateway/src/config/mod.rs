@@ -58,6 +58,8 @@ pub struct Config {
     pub syslog: crate::ingest::syslog::SyslogConfig,
     /// The observability endpoint (`[http]`); loopback by default.
     pub http: crate::observe::HttpConfig,
+    /// HTTP ingest and read-back (`[http_ingest]`, see `ingest::http::config`); off by default.
+    pub http_ingest: crate::ingest::http::HttpIngestConfig,
     /// This gateway's name upstream (default: `/etc/machine-id`, else the
     /// host name); it is in every replicated record's headers.
     pub gateway_id: Option<String>,
@@ -78,6 +80,7 @@ impl Default for Config {
             journal: crate::ingest::journal::JournalConfig::default(),
             syslog: crate::ingest::syslog::SyslogConfig::default(),
             http: crate::observe::HttpConfig::default(),
+            http_ingest: crate::ingest::http::HttpIngestConfig::default(),
             gateway_id: None,
             upstream: None,
         }
@@ -132,6 +135,7 @@ impl Config {
             .collect();
         problems.extend(self.journal.validate(&partitions).err());
         problems.extend(self.syslog.validate(&topics).err());
+        problems.extend(self.http_ingest.validate().err());
         if let Some(upstream) = &self.upstream {
             problems.extend(upstream.validate(&topics).err());
         }

@@ -33,6 +33,7 @@ fn sources(config: &Config) -> impl Iterator<Item = Box<dyn Source>> {
         config.mqtt.source(),
         config.journal.source(),
         config.syslog.source(),
+        config.http_ingest.source(&config.mqtt),
     ]
     .into_iter()
     .flatten()

@@ -1,6 +1,12 @@
 //! `tidewell log dump`: records as JSON lines, one object a record:
 //! `topic`, `partition`, `offset`, `timestamp_ms`, `key`, `payload` (UTF-8
 //! text, or `payload_base64`), `headers` (`name`, `value` or `value_base64`).
+//!
+//! `log dump --follow` is not here: only the writing process knows which
+//! records are durable (a second process reading the files would also see
+//! written but not yet fsynced ones), so it reads through the running
+//! gateway's read-back API (`ingest/http/client.rs`), and `log/` stays free
+//! of the async runtime.
 
 use std::io::Write;
 

@@ -74,7 +74,7 @@
 //! keep-alive (capped at `keep_alive_max_s`, so half-open TCP connections
 //! die) is closed; writes time out; at most `max_connections` connections.
 
-mod acl;
+pub(crate) mod acl;
 pub mod auth;
 mod codec;
 pub mod config;
@@ -88,7 +88,7 @@ mod resend;
 mod retain;
 pub mod route;
 pub mod stats;
-mod tls;
+pub(crate) mod tls;
 mod will;
 mod writer;
 mod ws;
