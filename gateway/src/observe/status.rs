@@ -186,15 +186,17 @@ mod tests {
 
     #[test]
     fn columns_line_up_with_long_names_and_wide_numbers() {
-        let t = table(
-            &sample(Some(100), true),
-            &sample(Some(600), true),
-            1.0,
-        );
+        let t = table(&sample(Some(100), true), &sample(Some(600), true), 1.0);
         assert_aligned(&t);
-        assert!(t.contains("a-rather-long-topic-name-for-the-journal/11"), "{t}");
+        assert!(
+            t.contains("a-rather-long-topic-name-for-the-journal/11"),
+            "{t}"
+        );
         assert!(t.contains("2s"), "ETA of 1000 records at 500/s: {t}");
-        assert!(t.contains("stalled"), "a partition with a backlog and no drain: {t}");
+        assert!(
+            t.contains("stalled"),
+            "a partition with a backlog and no drain: {t}"
+        );
         assert!(!t.contains('"'), "no JSON quoting in cells: {t}");
     }
 
