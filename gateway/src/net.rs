@@ -138,7 +138,8 @@ pub fn descriptors() -> Option<(u64, u64)> {
     }
     let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     #[allow(clippy::useless_conversion)] // rlim_t is u32 on 32-bit ARM (armhf)
-    Some((u64::from(limit.rlim_cur), open))
+    let soft = u64::from(limit.rlim_cur);
+    Some((soft, open))
 }
 
 /// Many idle sensors each hold a socket, and every segment of the log keeps
