@@ -64,6 +64,9 @@ pub struct Config {
     /// Replication to Kafka (`[upstream]`, see `replicate::config`); none:
     /// buffer-only mode.
     pub upstream: Option<crate::replicate::UpstreamConfig>,
+    /// The log filter (`"info"`, `"debug"`, `"tidewell::ingest=debug,info"`);
+    /// unset: `TIDEWELL_LOG`, else `info`. A reload applies it.
+    pub log_level: Option<String>,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             http: crate::observe::HttpConfig::default(),
             gateway_id: None,
             upstream: None,
+            log_level: None,
         }
     }
 }
@@ -141,6 +145,11 @@ impl Config {
                     "gateway_id".into(),
                     "use 1-200 characters of [A-Za-z0-9._-]".into(),
                 ));
+            }
+        }
+        if let Some(level) = &self.log_level {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+                problems.push(("log_level".into(), format!("{level:?}: {e}")));
             }
         }
         if self.log.index_interval_bytes == 0 {

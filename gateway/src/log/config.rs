@@ -65,7 +65,23 @@ impl Default for TopicConfig {
     }
 }
 
+/// The keys of a topic that a reload may change while it is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub when_full: WhenFull,
+}
+
 impl TopicConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            retention_bytes: self.retention_bytes,
+            retention_ms: self.retention_ms,
+            when_full: self.when_full,
+        }
+    }
+
     /// The segment size actually used: small enough that a quota is enforced
     /// in steps of at most a quarter of it.
     pub fn segment_bytes(&self) -> u64 {

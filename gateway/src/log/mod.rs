@@ -361,11 +361,21 @@ struct TopicMeta {
 /// A topic and its partitions.
 pub struct TopicLog {
     pub name: String,
+    /// As opened. Its quota, age limit and `when_full` are read from
+    /// [`TopicLog::limits`], which a reload may change.
     pub config: TopicConfig,
+    limits: std::sync::RwLock<config::Limits>,
     pub partitions: Vec<Arc<PartitionLog>>,
     /// Records and payload bytes appended since start (for metrics).
     pub appended_records: AtomicU64,
     pub appended_bytes: AtomicU64,
+}
+
+impl TopicLog {
+    /// The quota, age limit and `when_full` in force.
+    pub fn limits(&self) -> config::Limits {
+        *self.limits.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// What the writer thread and the handles share.
@@ -676,6 +686,21 @@ impl Log {
         })
     }
 
+    /// Replaces a topic's quota, age limit and `when_full` (a reload), then
+    /// lets the writer apply them at once. The segment size stays as
+    /// opened until a restart. `Ok(false)`: no such topic, or unchanged.
+    pub fn set_limits(&self, topic: &str, limits: config::Limits) -> Result<bool, AppendError> {
+        let Some(t) = self.topic(topic) else {
+            return Ok(false);
+        };
+        if t.limits() == limits {
+            return Ok(false);
+        }
+        *t.limits.write().unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+        self.enforce_retention()?;
+        Ok(true)
+    }
+
     /// Runs age and quota retention now rather than at the writer's next tick.
     pub fn enforce_retention(&self) -> Result<(), AppendError> {
         let tx = self.tx.as_ref().ok_or(AppendError::Closed)?;
@@ -822,6 +847,7 @@ fn open_topic(
     }
     Ok(TopicLog {
         name: name.to_string(),
+        limits: std::sync::RwLock::new(topic_config.limits()),
         config: topic_config,
         partitions,
         appended_records: AtomicU64::new(0),

@@ -114,17 +114,18 @@ pub fn make_room(
     disk_low: bool,
     replication_enabled: bool,
 ) -> Result<bool, CheckpointError> {
-    let quota = topic.config.retention_bytes.unwrap_or(u64::MAX);
+    let limits = topic.limits();
+    let quota = limits.retention_bytes.unwrap_or(u64::MAX);
     let mut used = topic_bytes(topic);
     let mut low = disk_low;
     while low || used.saturating_add(incoming) > quota {
         let victim =
-            oldest(topic, replication_enabled, true).or_else(|| match topic.config.when_full {
+            oldest(topic, replication_enabled, true).or_else(|| match limits.when_full {
                 WhenFull::DropOldest => oldest(topic, replication_enabled, false),
                 WhenFull::RejectNew => None,
             });
         let Some(victim) = victim else {
-            return Ok(!low && topic.config.when_full == WhenFull::DropOldest);
+            return Ok(!low && limits.when_full == WhenFull::DropOldest);
         };
         used -= delete(victim, replication_enabled)?.min(used);
         low = false; // one segment per check: the caller measures the disk again
@@ -139,7 +140,7 @@ pub fn expire(
     now_ms: i64,
     replication_enabled: bool,
 ) -> Result<(), CheckpointError> {
-    let Some(limit) = topic.config.retention_ms else {
+    let Some(limit) = topic.limits().retention_ms else {
         return Ok(());
     };
     let cutoff = now_ms.saturating_sub(limit as i64);

@@ -335,7 +335,7 @@ impl Writer {
         reqs: Vec<Request>,
     ) -> Result<Vec<Request>, StorageError> {
         let disk_low = self.disk.low(&self.shared, &topic.partitions[0].dir);
-        if topic.config.retention_bytes.is_none() && !disk_low {
+        if topic.limits().retention_bytes.is_none() && !disk_low {
             return Ok(reqs);
         }
         let incoming: u64 = reqs.iter().map(|r| r.bytes as u64).sum();
@@ -349,7 +349,7 @@ impl Writer {
         if fits {
             return Ok(reqs);
         }
-        let quota_bytes = topic.config.retention_bytes.unwrap_or(0);
+        let quota_bytes = topic.limits().retention_bytes.unwrap_or(0);
         for req in reqs {
             self.shared
                 .stats
@@ -385,7 +385,7 @@ impl Writer {
             for topic in self.shared.topics.values().cloned().collect::<Vec<_>>() {
                 let disk_low = self.disk.low(&self.shared, &topic.partitions[0].dir);
                 let result = retention::expire(&topic, now_ms, replication).and_then(|()| {
-                    let limited = topic.config.retention_bytes.is_some() || disk_low;
+                    let limited = topic.limits().retention_bytes.is_some() || disk_low;
                     if limited {
                         retention::make_room(&topic, 0, disk_low, replication)?;
                     }

@@ -229,7 +229,8 @@ impl Reader {
             self.flush_batch().await?;
             return self.queue(Entry::Duplicate(meta.pkid)).await;
         }
-        let dest = shared.router.route(topic, &self.session.client_id);
+        let router = shared.live.router();
+        let dest = router.route(topic, &self.session.client_id);
         let record = self.record(&publish, props.as_ref(), meta.qos, dest.key);
         let full = |b: &Batch| {
             b.topic != dest.topic
@@ -458,7 +459,8 @@ impl Reader {
                 ..PublishProperties::default()
             });
         let publish = Publish::new(will.topic.clone(), will.message.clone(), false);
-        let dest = self.shared.router.route(topic, &self.session.client_id);
+        let router = self.shared.live.router();
+        let dest = router.route(topic, &self.session.client_id);
         let record = self.record(&publish, props.as_ref(), will.qos as u8, dest.key);
         match self
             .shared
