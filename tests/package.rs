@@ -40,7 +40,12 @@ fn lintian_reports_no_errors_or_warnings_and_only_explained_notes() {
     let dir = tempfile::tempdir().unwrap();
     let deb = build_deb(dir.path());
     let out = Command::new("lintian")
-        .args(["--info", "--display-info", "--pedantic", "--no-tag-display-limit"])
+        .args([
+            "--info",
+            "--display-info",
+            "--pedantic",
+            "--no-tag-display-limit",
+        ])
         .arg(&deb)
         .output()
         .expect("lintian (tests/run installs it)");
@@ -48,7 +53,11 @@ fn lintian_reports_no_errors_or_warnings_and_only_explained_notes() {
     let unexplained: Vec<&str> = stdout
         .lines()
         .filter(|l| l.contains(": tidewell"))
-        .filter(|l| !EXPLAINED_TAGS.iter().any(|t| l.contains(&format!(": {t} "))))
+        .filter(|l| {
+            !EXPLAINED_TAGS
+                .iter()
+                .any(|t| l.contains(&format!(": {t} ")))
+        })
         .collect();
     assert!(unexplained.is_empty(), "new lintian tags:\n{stdout}");
 }
@@ -58,7 +67,14 @@ fn the_package_installs_runs_and_removal_keeps_data_that_purge_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let deb = build_deb(dir.path());
     let out = Command::new("unshare")
-        .args(["--mount", "--net", "--propagation", "private", "--fork", "sh"])
+        .args([
+            "--mount",
+            "--net",
+            "--propagation",
+            "private",
+            "--fork",
+            "sh",
+        ])
         .arg(repo().join("tests/package/install.sh"))
         .arg(&deb)
         .output()

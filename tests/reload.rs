@@ -176,7 +176,14 @@ fn sighup_rotates_revokes_replaces_the_certificate_and_changes_a_quota_without_l
     let gateway = harness::Launch::config_file(dir.path(), &path).start();
     let port = gateway.port();
     let tls_port = gateway.mqtts().unwrap().port();
-    let cafile = |certs: &str| dir.path().join(certs).join("ca.pem").to_str().unwrap().to_string();
+    let cafile = |certs: &str| {
+        dir.path()
+            .join(certs)
+            .join("ca.pem")
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
 
     let cal = Device::start(port, "cal-1", "cal", "cal-1");
     let bob = Device::start(port, "bob-1", "bob", "bob-1");
@@ -194,20 +201,34 @@ fn sighup_rotates_revokes_replaces_the_certificate_and_changes_a_quota_without_l
     reload(&gateway, "tidewell: reloaded", 1);
 
     // The rotated password: the old one is refused, the new one accepted.
-    assert!(!mosquitto_pub(port, &[], "ann", "ann-1", "ann-1").status.success());
+    assert!(!mosquitto_pub(port, &[], "ann", "ann-1", "ann-1")
+        .status
+        .success());
     let ok = mosquitto_pub(port, &[], "ann", "ann-2", "ann-4");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     // The revoked user: its connection was closed, and it cannot come back.
     wait_for("bob's connection closed", LIMIT, || bob.errors() > 0);
     let bob_acked = bob.stop();
-    assert!(!mosquitto_pub(port, &[], "bob", "bob-1", "bob-2").status.success());
+    assert!(!mosquitto_pub(port, &[], "bob", "bob-1", "bob-2")
+        .status
+        .success());
     // New TLS connections see the new certificate (the old CA no longer verifies it).
     let (old, new) = (cafile("old"), cafile("new"));
     let old_ca = ["--cafile", old.as_str()];
     let new_ca = ["--cafile", new.as_str()];
-    assert!(!mosquitto_pub(tls_port, &old_ca, "ann", "ann-2", "ann-2").status.success());
+    assert!(!mosquitto_pub(tls_port, &old_ca, "ann", "ann-2", "ann-2")
+        .status
+        .success());
     let ok = mosquitto_pub(tls_port, &new_ca, "ann", "ann-2", "ann-2");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     // The quota.
     assert_eq!(gateway.metric("tidewell_topic_quota_bytes"), 50_000_000.0);
 
@@ -217,11 +238,21 @@ fn sighup_rotates_revokes_replaces_the_certificate_and_changes_a_quota_without_l
     reload(&gateway, "tidewell: reload refused", 1);
     assert!(gateway.stderr_contains("nothing changed"));
     let ok = mosquitto_pub(port, &[], "ann", "ann-2", "ann-3");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(gateway.metric("tidewell_topic_quota_bytes"), 50_000_000.0);
-    wait_for("cal still publishing", LIMIT, || cal.acked() > acked_then + 50);
+    wait_for("cal still publishing", LIMIT, || {
+        cal.acked() > acked_then + 50
+    });
 
-    assert_eq!(cal.errors(), 0, "the unchanged user's connection was dropped");
+    assert_eq!(
+        cal.errors(),
+        0,
+        "the unchanged user's connection was dropped"
+    );
     let cal_acked = cal.stop();
     gateway.stop();
     let records = dump(&harness::data_dir(dir.path()));
@@ -231,6 +262,14 @@ fn sighup_rotates_revokes_replaces_the_certificate_and_changes_a_quota_without_l
             .filter(|r| r["key"].as_str().is_some_and(|k| k.contains(id)))
             .count() as u64
     };
-    assert!(count("cal-1") >= cal_acked, "cal: {} of {cal_acked} acked", count("cal-1"));
-    assert!(count("bob-1") >= bob_acked, "bob: {} of {bob_acked} acked", count("bob-1"));
+    assert!(
+        count("cal-1") >= cal_acked,
+        "cal: {} of {cal_acked} acked",
+        count("cal-1")
+    );
+    assert!(
+        count("bob-1") >= bob_acked,
+        "bob: {} of {bob_acked} acked",
+        count("bob-1")
+    );
 }

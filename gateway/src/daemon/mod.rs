@@ -166,10 +166,16 @@ impl Gateway {
         match reload::reload(config_path, &mut self.config, &self.log, &self.sources) {
             Ok(outcome) => {
                 for key in &outcome.restart_needed {
-                    tracing::warn!("reload: {key} changed: needs a restart; the running value stays");
+                    tracing::warn!(
+                        "reload: {key} changed: needs a restart; the running value stays"
+                    );
                 }
                 tracing::info!(applied = ?outcome.applied, "reload: done");
-                eprintln!("tidewell: reloaded ({} applied, {} need a restart)", outcome.applied.len(), outcome.restart_needed.len());
+                eprintln!(
+                    "tidewell: reloaded ({} applied, {} need a restart)",
+                    outcome.applied.len(),
+                    outcome.restart_needed.len()
+                );
             }
             Err(e) => {
                 tracing::error!("reload refused, nothing changed: {e}");

@@ -129,9 +129,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     // `adopt` copies running's reloadable keys into probe only where both
     // have them; what is left differing needs a restart.
     let mut out = Vec::new();
-    let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-        format!("{a:?}") != format!("{b:?}")
-    };
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut check = |key: &str, changed: bool| {
         if changed {
             out.push(key.to_string());
@@ -195,6 +194,9 @@ mod tests {
         new.topics.insert("more".into(), Default::default());
         let keys = restart_needed(&running, &new);
         assert_eq!(keys.len(), 4, "{keys:?}");
-        assert!(keys[0] == "data_dir" && keys[1].starts_with("mqtt"), "{keys:?}");
+        assert!(
+            keys[0] == "data_dir" && keys[1].starts_with("mqtt"),
+            "{keys:?}"
+        );
     }
 }

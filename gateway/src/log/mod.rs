@@ -374,7 +374,10 @@ pub struct TopicLog {
 impl TopicLog {
     /// The quota, age limit and `when_full` in force.
     pub fn limits(&self) -> config::Limits {
-        *self.limits.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .limits
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -696,7 +699,9 @@ impl Log {
         if t.limits() == limits {
             return Ok(false);
         }
-        *t.limits.write().unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+        *t.limits
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
         self.enforce_retention()?;
         Ok(true)
     }

@@ -119,11 +119,10 @@ pub fn make_room(
     let mut used = topic_bytes(topic);
     let mut low = disk_low;
     while low || used.saturating_add(incoming) > quota {
-        let victim =
-            oldest(topic, replication_enabled, true).or_else(|| match limits.when_full {
-                WhenFull::DropOldest => oldest(topic, replication_enabled, false),
-                WhenFull::RejectNew => None,
-            });
+        let victim = oldest(topic, replication_enabled, true).or_else(|| match limits.when_full {
+            WhenFull::DropOldest => oldest(topic, replication_enabled, false),
+            WhenFull::RejectNew => None,
+        });
         let Some(victim) = victim else {
             return Ok(!low && limits.when_full == WhenFull::DropOldest);
         };

@@ -25,9 +25,12 @@ pub struct Live {
     auth: RwLock<Arc<MqttConfig>>,
     router: RwLock<Arc<Router>>,
     tls: RwLock<Option<TlsAcceptor>>,
-    /// Open connections: number → (username, the signal that closes it).
-    sessions: Mutex<HashMap<u64, (Option<String>, Arc<Notify>)>>,
+    /// Open connections by number.
+    sessions: Mutex<HashMap<u64, Watch>>,
 }
+
+/// An open connection's user, and the signal that closes it.
+type Watch = (Option<String>, Arc<Notify>);
 
 /// Why a reload of the MQTT settings was refused (nothing changed).
 #[derive(Debug, thiserror::Error)]
