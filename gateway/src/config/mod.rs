@@ -27,6 +27,9 @@ pub enum ConfigError {
 pub struct LogSection {
     pub index_interval_bytes: u64,
     pub min_free_bytes: u64,
+    /// `"system"` (trust the wall clock) or `"ntp"` (only once the kernel
+    /// reports it synchronised; see `log::clock`).
+    pub clock: crate::log::clock::ClockTrust,
 }
 
 impl Default for LogSection {
@@ -35,6 +38,7 @@ impl Default for LogSection {
         LogSection {
             index_interval_bytes: defaults.index_interval_bytes,
             min_free_bytes: defaults.min_free_bytes,
+            clock: defaults.clock,
         }
     }
 }
@@ -194,6 +198,7 @@ impl Config {
         config.topics = self.topics.clone();
         config.index_interval_bytes = self.log.index_interval_bytes;
         config.min_free_bytes = self.log.min_free_bytes;
+        config.clock = self.log.clock;
         config.replication_enabled = self.upstream.is_some();
         config
     }

@@ -110,6 +110,8 @@ pub struct LogConfig {
     /// power cut, damage in the newest segment newer than the recovery point
     /// is cut as a torn tail; older damage is reported as corruption.
     pub recovery_point_interval_ms: u64,
+    /// When the wall clock is trusted for age retention (see `log::clock`).
+    pub clock: super::clock::ClockTrust,
 }
 
 impl LogConfig {
@@ -122,6 +124,7 @@ impl LogConfig {
             replication_enabled: false,
             max_pending_bytes: 64 << 20,
             recovery_point_interval_ms: 5000,
+            clock: super::clock::ClockTrust::System,
         }
     }
 

@@ -305,6 +305,7 @@
 pub mod batch;
 pub mod capacity;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod dump;
 pub mod error;
@@ -384,6 +385,8 @@ impl TopicLog {
 /// What the writer thread and the handles share.
 pub(crate) struct Shared {
     pub config: LogConfig,
+    /// The wall clock and whether it is trusted (see [`clock`]).
+    pub clock: Arc<dyn clock::Clock>,
     pub storage: Arc<dyn Storage>,
     pub topics: BTreeMap<String, Arc<TopicLog>>,
     pub stats: Stats,
@@ -405,9 +408,11 @@ impl Shared {
         config: LogConfig,
         storage: Arc<dyn Storage>,
         topics: BTreeMap<String, Arc<TopicLog>>,
+        clock: Arc<dyn clock::Clock>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             config,
+            clock,
             storage,
             topics,
             stats: Stats::default(),
@@ -462,6 +467,16 @@ impl Log {
     /// Opens (creating, recovering) the log in `config.dir` for writing, with
     /// the configured topics plus any topic found on disk.
     pub fn open(storage: Arc<dyn Storage>, config: LogConfig) -> Result<Log, OpenError> {
+        let clock = Arc::new(clock::SystemClock(config.clock));
+        Log::open_with_clock(storage, config, clock)
+    }
+
+    /// [`Log::open`] with the wall clock `clock` (tests set theirs).
+    pub fn open_with_clock(
+        storage: Arc<dyn Storage>,
+        config: LogConfig,
+        clock: Arc<dyn clock::Clock>,
+    ) -> Result<Log, OpenError> {
         storage.create_dir_all(&config.dir).context(&config.dir)?;
         let lock = storage.lock_dir(&config.dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => OpenError::Locked {
@@ -476,7 +491,7 @@ impl Log {
         let topics = open_topics(&storage, &config, Mode::ReadWrite, &mut findings)?;
         report(&findings);
         let (tx, rx) = mpsc::channel();
-        let shared = Shared::new(config, storage, topics);
+        let shared = Shared::new(config, storage, topics, clock);
         let writer = Writer::new(rx, shared.clone());
         let handle = std::thread::Builder::new()
             .name("log-writer".into())
@@ -497,7 +512,12 @@ impl Log {
         let config = LogConfig::new(dir);
         let mut findings = Vec::new();
         let topics = open_topics(&storage, &config, Mode::ReadOnly, &mut findings)?;
-        let shared = Shared::new(config, storage, topics);
+        let shared = Shared::new(
+            config,
+            storage,
+            topics,
+            Arc::new(clock::SystemClock(clock::ClockTrust::System)),
+        );
         Ok(Log {
             shared,
             tx: None,
