@@ -167,22 +167,35 @@ pub fn main() -> ExitCode {
 
 /// Log lines go to stderr: plain and without timestamps under systemd (the
 /// journal adds its own), JSON with `TIDEWELL_LOG_FORMAT=json`, colours only
-/// on a terminal. `TIDEWELL_LOG` filters (default `info`).
+/// on a terminal. `TIDEWELL_LOG` filters (default `info`); the config's
+/// `log_level` replaces it at start and at each reload.
 fn init_tracing() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWELL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TIDEWELL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let format = std::env::var("TIDEWELL_LOG_FORMAT").unwrap_or_default();
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Each format is its own subscriber type, so each gets its own handle.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            crate::daemon::reload::set_log_filter_reloader(Box::new(move |spec: &str| {
+                let filter = EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            }));
+            builder.try_init()
+        }};
+    }
     let _ = match format.as_str() {
-        "json" => builder.json().try_init(),
-        "plain" => builder.without_time().try_init(),
-        _ if journal => builder.without_time().try_init(),
-        _ => builder.try_init(),
+        "json" => install!(builder.json()),
+        "plain" => install!(builder.without_time()),
+        _ if journal => install!(builder.without_time()),
+        _ => install!(builder),
     };
 }
 
@@ -239,10 +252,11 @@ fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    crate::daemon::reload::apply_log_level(&config).map_err(anyhow::Error::msg)?;
     let storage = crate::daemon::storage().map_err(anyhow::Error::msg)?;
     let mut gateway = Gateway::start(&config, storage)?;
     gateway.announce_ready();
-    gateway.wait_for_stop_signal();
+    gateway.wait_for_stop_signal(config_path);
     gateway.stop();
     Ok(ExitCode::SUCCESS)
 }

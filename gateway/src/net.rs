@@ -137,7 +137,9 @@ pub fn descriptors() -> Option<(u64, u64)> {
         return None;
     }
     let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
-    Some((limit.rlim_cur, open))
+    #[allow(clippy::useless_conversion)] // rlim_t is u32 on 32-bit ARM (armhf)
+    let soft = u64::from(limit.rlim_cur);
+    Some((soft, open))
 }
 
 /// Many idle sensors each hold a socket, and every segment of the log keeps

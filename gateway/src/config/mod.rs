@@ -27,6 +27,9 @@ pub enum ConfigError {
 pub struct LogSection {
     pub index_interval_bytes: u64,
     pub min_free_bytes: u64,
+    /// `"system"` (trust the wall clock) or `"ntp"` (only once the kernel
+    /// reports it synchronised; see `log::clock`).
+    pub clock: crate::log::clock::ClockTrust,
 }
 
 impl Default for LogSection {
@@ -35,6 +38,7 @@ impl Default for LogSection {
         LogSection {
             index_interval_bytes: defaults.index_interval_bytes,
             min_free_bytes: defaults.min_free_bytes,
+            clock: defaults.clock,
         }
     }
 }
@@ -66,6 +70,9 @@ pub struct Config {
     /// Replication to Kafka (`[upstream]`, see `replicate::config`); none:
     /// buffer-only mode.
     pub upstream: Option<crate::replicate::UpstreamConfig>,
+    /// The log filter (`"info"`, `"debug"`, `"tidewell::ingest=debug,info"`);
+    /// unset: `TIDEWELL_LOG`, else `info`. A reload applies it.
+    pub log_level: Option<String>,
 }
 
 impl Default for Config {
@@ -83,6 +90,7 @@ impl Default for Config {
             http_ingest: crate::ingest::http::HttpIngestConfig::default(),
             gateway_id: None,
             upstream: None,
+            log_level: None,
         }
     }
 }
@@ -147,6 +155,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(level) = &self.log_level {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+                problems.push(("log_level".into(), format!("{level:?}: {e}")));
+            }
+        }
         if self.log.index_interval_bytes == 0 {
             problems.push((
                 "log.index_interval_bytes".into(),
@@ -189,6 +202,7 @@ impl Config {
         config.topics = self.topics.clone();
         config.index_interval_bytes = self.log.index_interval_bytes;
         config.min_free_bytes = self.log.min_free_bytes;
+        config.clock = self.log.clock;
         config.replication_enabled = self.upstream.is_some();
         config
     }

@@ -9,11 +9,12 @@
 #[cfg(feature = "test-hooks")]
 mod hooks;
 mod log_section;
+pub mod reload;
 mod signals;
 pub mod systemd;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ pub struct Gateway {
     registry: Arc<Registry>,
     signals: Option<StopSignals>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// The configuration in force (reloads update what they applied).
+    config: Config,
 }
 
 impl Gateway {
@@ -115,6 +118,7 @@ impl Gateway {
             registry,
             signals: Some(signals),
             shutdown,
+            config: config.clone(),
         })
     }
 
@@ -144,11 +148,42 @@ impl Gateway {
         }
     }
 
-    /// Blocks until SIGTERM or SIGINT.
-    pub fn wait_for_stop_signal(&mut self) {
-        if let Some(signals) = self.signals.take() {
-            self.runtime.block_on(signals.wait());
+    /// Blocks until SIGTERM or SIGINT; each SIGHUP meanwhile re-reads
+    /// `config_path` ([`reload`]).
+    pub fn wait_for_stop_signal(&mut self, config_path: Option<&Path>) {
+        let Some(mut signals) = self.signals.take() else {
+            return;
+        };
+        while let signals::Asked::Reload = self.runtime.block_on(signals.next()) {
+            self.reload(config_path);
         }
+    }
+
+    /// Re-reads and applies the configuration; on failure nothing changes.
+    /// systemd is told RELOADING=1, then READY=1, either way.
+    pub fn reload(&mut self, config_path: Option<&Path>) {
+        let _ = systemd::notify("RELOADING=1");
+        tracing::info!("reload: re-reading the configuration");
+        match reload::reload(config_path, &mut self.config, &self.log, &self.sources) {
+            Ok(outcome) => {
+                for key in &outcome.restart_needed {
+                    tracing::warn!(
+                        "reload: {key} changed: needs a restart; the running value stays"
+                    );
+                }
+                tracing::info!(applied = ?outcome.applied, "reload: done");
+                eprintln!(
+                    "tidewell: reloaded ({} applied, {} need a restart)",
+                    outcome.applied.len(),
+                    outcome.restart_needed.len()
+                );
+            }
+            Err(e) => {
+                tracing::error!("reload refused, nothing changed: {e}");
+                eprintln!("tidewell: reload refused");
+            }
+        }
+        let _ = systemd::notify("READY=1");
     }
 
     /// Stops intake, lets in-flight appends finish, syncs and closes the log.

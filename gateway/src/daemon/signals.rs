@@ -1,8 +1,16 @@
-//! The stop signals: SIGTERM (systemd's stop) and SIGINT (Ctrl-C).
+//! The stop signals: SIGTERM (systemd's stop) and SIGINT (Ctrl-C); and
+//! SIGHUP, the reload (`ExecReload=/bin/kill -HUP $MAINPID`).
 
 pub struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks for.
+pub enum Asked {
+    Stop,
+    Reload,
 }
 
 impl StopSignals {
@@ -13,13 +21,15 @@ impl StopSignals {
         Ok(StopSignals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    pub async fn wait(mut self) {
+    pub async fn next(&mut self) -> Asked {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Asked::Stop,
+            _ = self.int.recv() => Asked::Stop,
+            _ = self.hup.recv() => Asked::Reload,
         }
     }
 }

@@ -83,6 +83,15 @@ pub trait Running: Send {
     fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
         Vec::new()
     }
+
+    /// Applies what a reload (SIGHUP) may change of its section in `config`
+    /// (already checked), without dropping connections; returns what
+    /// changed, for the log. `Err`: nothing changed. Sources that apply
+    /// nothing keep this default (their changes need a restart).
+    fn reload(&self, config: &crate::config::Config) -> Result<Vec<String>, String> {
+        let _ = config;
+        Ok(Vec::new())
+    }
 }
 
 /// A source that could not start (the gateway does not start either).

@@ -65,7 +65,23 @@ impl Default for TopicConfig {
     }
 }
 
+/// The keys of a topic that a reload may change while it is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub when_full: WhenFull,
+}
+
 impl TopicConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            retention_bytes: self.retention_bytes,
+            retention_ms: self.retention_ms,
+            when_full: self.when_full,
+        }
+    }
+
     /// The segment size actually used: small enough that a quota is enforced
     /// in steps of at most a quarter of it.
     pub fn segment_bytes(&self) -> u64 {
@@ -94,6 +110,8 @@ pub struct LogConfig {
     /// power cut, damage in the newest segment newer than the recovery point
     /// is cut as a torn tail; older damage is reported as corruption.
     pub recovery_point_interval_ms: u64,
+    /// When the wall clock is trusted for age retention (see `log::clock`).
+    pub clock: super::clock::ClockTrust,
 }
 
 impl LogConfig {
@@ -106,6 +124,7 @@ impl LogConfig {
             replication_enabled: false,
             max_pending_bytes: 64 << 20,
             recovery_point_interval_ms: 5000,
+            clock: super::clock::ClockTrust::System,
         }
     }
 

@@ -305,6 +305,7 @@
 pub mod batch;
 pub mod capacity;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod dump;
 pub mod error;
@@ -361,16 +362,31 @@ struct TopicMeta {
 /// A topic and its partitions.
 pub struct TopicLog {
     pub name: String,
+    /// As opened. Its quota, age limit and `when_full` are read from
+    /// [`TopicLog::limits`], which a reload may change.
     pub config: TopicConfig,
+    limits: std::sync::RwLock<config::Limits>,
     pub partitions: Vec<Arc<PartitionLog>>,
     /// Records and payload bytes appended since start (for metrics).
     pub appended_records: AtomicU64,
     pub appended_bytes: AtomicU64,
 }
 
+impl TopicLog {
+    /// The quota, age limit and `when_full` in force.
+    pub fn limits(&self) -> config::Limits {
+        *self
+            .limits
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// What the writer thread and the handles share.
 pub(crate) struct Shared {
     pub config: LogConfig,
+    /// The wall clock and whether it is trusted (see [`clock`]).
+    pub clock: Arc<dyn clock::Clock>,
     pub storage: Arc<dyn Storage>,
     pub topics: BTreeMap<String, Arc<TopicLog>>,
     pub stats: Stats,
@@ -392,9 +408,11 @@ impl Shared {
         config: LogConfig,
         storage: Arc<dyn Storage>,
         topics: BTreeMap<String, Arc<TopicLog>>,
+        clock: Arc<dyn clock::Clock>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             config,
+            clock,
             storage,
             topics,
             stats: Stats::default(),
@@ -449,6 +467,16 @@ impl Log {
     /// Opens (creating, recovering) the log in `config.dir` for writing, with
     /// the configured topics plus any topic found on disk.
     pub fn open(storage: Arc<dyn Storage>, config: LogConfig) -> Result<Log, OpenError> {
+        let clock = Arc::new(clock::SystemClock(config.clock));
+        Log::open_with_clock(storage, config, clock)
+    }
+
+    /// [`Log::open`] with the wall clock `clock` (tests set theirs).
+    pub fn open_with_clock(
+        storage: Arc<dyn Storage>,
+        config: LogConfig,
+        clock: Arc<dyn clock::Clock>,
+    ) -> Result<Log, OpenError> {
         storage.create_dir_all(&config.dir).context(&config.dir)?;
         let lock = storage.lock_dir(&config.dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => OpenError::Locked {
@@ -463,7 +491,7 @@ impl Log {
         let topics = open_topics(&storage, &config, Mode::ReadWrite, &mut findings)?;
         report(&findings);
         let (tx, rx) = mpsc::channel();
-        let shared = Shared::new(config, storage, topics);
+        let shared = Shared::new(config, storage, topics, clock);
         let writer = Writer::new(rx, shared.clone());
         let handle = std::thread::Builder::new()
             .name("log-writer".into())
@@ -484,7 +512,12 @@ impl Log {
         let config = LogConfig::new(dir);
         let mut findings = Vec::new();
         let topics = open_topics(&storage, &config, Mode::ReadOnly, &mut findings)?;
-        let shared = Shared::new(config, storage, topics);
+        let shared = Shared::new(
+            config,
+            storage,
+            topics,
+            Arc::new(clock::SystemClock(clock::ClockTrust::System)),
+        );
         Ok(Log {
             shared,
             tx: None,
@@ -676,6 +709,23 @@ impl Log {
         })
     }
 
+    /// Replaces a topic's quota, age limit and `when_full` (a reload), then
+    /// lets the writer apply them at once. The segment size stays as
+    /// opened until a restart. `Ok(false)`: no such topic, or unchanged.
+    pub fn set_limits(&self, topic: &str, limits: config::Limits) -> Result<bool, AppendError> {
+        let Some(t) = self.topic(topic) else {
+            return Ok(false);
+        };
+        if t.limits() == limits {
+            return Ok(false);
+        }
+        *t.limits
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+        self.enforce_retention()?;
+        Ok(true)
+    }
+
     /// Runs age and quota retention now rather than at the writer's next tick.
     pub fn enforce_retention(&self) -> Result<(), AppendError> {
         let tx = self.tx.as_ref().ok_or(AppendError::Closed)?;
@@ -822,6 +872,7 @@ fn open_topic(
     }
     Ok(TopicLog {
         name: name.to_string(),
+        limits: std::sync::RwLock::new(topic_config.limits()),
         config: topic_config,
         partitions,
         appended_records: AtomicU64::new(0),

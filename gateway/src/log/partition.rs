@@ -30,6 +30,14 @@ pub struct PartitionMeta {
     /// unsynced end of a crash (cut away); damage below it is corruption.
     #[serde(default)]
     pub synced: u64,
+    /// First offset appended, in this run, while the clock was untrusted
+    /// (`log::clock`); settled into `age_floors` once it is trusted.
+    #[serde(default)]
+    pub untrusted_from: Option<u64>,
+    /// `(from, to, ms)`: offsets stamped before the clock was trusted at
+    /// `ms`; they age from `ms`.
+    #[serde(default)]
+    pub age_floors: Vec<(u64, u64, i64)>,
 }
 
 /// Something recovery found and did, for the log line and for `log verify`.

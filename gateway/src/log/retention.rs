@@ -114,17 +114,17 @@ pub fn make_room(
     disk_low: bool,
     replication_enabled: bool,
 ) -> Result<bool, CheckpointError> {
-    let quota = topic.config.retention_bytes.unwrap_or(u64::MAX);
+    let limits = topic.limits();
+    let quota = limits.retention_bytes.unwrap_or(u64::MAX);
     let mut used = topic_bytes(topic);
     let mut low = disk_low;
     while low || used.saturating_add(incoming) > quota {
-        let victim =
-            oldest(topic, replication_enabled, true).or_else(|| match topic.config.when_full {
-                WhenFull::DropOldest => oldest(topic, replication_enabled, false),
-                WhenFull::RejectNew => None,
-            });
+        let victim = oldest(topic, replication_enabled, true).or_else(|| match limits.when_full {
+            WhenFull::DropOldest => oldest(topic, replication_enabled, false),
+            WhenFull::RejectNew => None,
+        });
         let Some(victim) = victim else {
-            return Ok(!low && topic.config.when_full == WhenFull::DropOldest);
+            return Ok(!low && limits.when_full == WhenFull::DropOldest);
         };
         used -= delete(victim, replication_enabled)?.min(used);
         low = false; // one segment per check: the caller measures the disk again
@@ -132,24 +132,78 @@ pub fn make_room(
     Ok(true)
 }
 
-/// Deletes segments whose newest record is older than the topic's age limit
-/// (only replicated ones while replication is on).
+/// Once the clock is trusted: gives each partition's range appended while
+/// it was not an age floor of `now_ms` (see `log::clock`), and forgets
+/// floors wholly below the partition's start.
+pub fn settle_floors(topic: &TopicLog, now_ms: i64) -> Result<(), CheckpointError> {
+    for part in &topic.partitions {
+        let end = part.state().next_offset.0;
+        part.update_meta(|meta| {
+            let mut changed = false;
+            if let Some(from) = meta.untrusted_from.take() {
+                super::clock::push_floor(&mut meta.age_floors, from, end, now_ms);
+                tracing::info!(
+                    topic = %part.topic, partition = %part.id, from, to = end,
+                    "clock trusted: records stamped before it age from now"
+                );
+                changed = true;
+            }
+            let start = meta.start;
+            let before = meta.age_floors.len();
+            meta.age_floors.retain(|&(_, to, _)| to > start);
+            changed || meta.age_floors.len() != before
+        })?;
+    }
+    Ok(())
+}
+
+/// Deletes segments older than the topic's age limit (only replicated ones
+/// while replication is on), oldest first in each partition. A segment's
+/// age runs from its newest record's stamp, or from the age floor of the
+/// records stamped before the clock was trusted.
 pub fn expire(
     topic: &TopicLog,
     now_ms: i64,
     replication_enabled: bool,
 ) -> Result<(), CheckpointError> {
-    let Some(limit) = topic.config.retention_ms else {
+    let Some(limit) = topic.limits().retention_ms else {
         return Ok(());
     };
     let cutoff = now_ms.saturating_sub(limit as i64);
-    loop {
-        let candidate = oldest(topic, replication_enabled, replication_enabled);
-        match candidate {
-            Some(c) if c.seg.max_timestamp_ms() < cutoff => {
-                delete(c, replication_enabled)?;
-            }
-            _ => return Ok(()),
+    for part in &topic.partitions {
+        while let Some(candidate) = expired(part, cutoff, replication_enabled) {
+            delete(candidate, replication_enabled)?;
         }
     }
+    Ok(())
+}
+
+/// The partition's oldest segment, when it is not the active one, may go
+/// (replicated, if replication is on) and has aged past `cutoff`.
+fn expired(part: &Arc<PartitionLog>, cutoff: i64, replication_enabled: bool) -> Option<Candidate> {
+    let state = part.state();
+    if state.segments.len() < 2 {
+        return None; // never delete the active segment
+    }
+    let (_, seg) = state.segments.iter().next()?;
+    let replicated = replication_enabled
+        && state
+            .meta
+            .replicated
+            .is_some_and(|r| seg.end_offset().0 <= r);
+    if replication_enabled && !replicated {
+        return None;
+    }
+    let floors = &state.meta.age_floors;
+    let aged_from = super::clock::age_from(
+        floors,
+        seg.base.0,
+        seg.end_offset().0,
+        seg.max_timestamp_ms(),
+    );
+    (aged_from < cutoff).then(|| Candidate {
+        part: part.clone(),
+        seg: seg.clone(),
+        replicated,
+    })
 }

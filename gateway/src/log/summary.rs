@@ -117,7 +117,7 @@ impl Log {
         self.topics()
             .map(|t| TopicSummary {
                 name: t.name.clone(),
-                retention_bytes: t.config.retention_bytes,
+                retention_bytes: t.limits().retention_bytes,
                 appended_records: t
                     .appended_records
                     .load(std::sync::atomic::Ordering::Relaxed),

@@ -225,6 +225,10 @@ impl Writer {
             return Ok(None);
         }
         let mut next = part.state().next_offset;
+        let mut reqs = reqs;
+        if !self.shared.clock.trusted() {
+            mark_untrusted(&part, next, &mut reqs).map_err(checkpoint_to_storage)?;
+        }
         let mut acks = Vec::with_capacity(reqs.len());
         let mut seg = None;
         for chunk in chunk_requests(reqs) {
@@ -335,7 +339,7 @@ impl Writer {
         reqs: Vec<Request>,
     ) -> Result<Vec<Request>, StorageError> {
         let disk_low = self.disk.low(&self.shared, &topic.partitions[0].dir);
-        if topic.config.retention_bytes.is_none() && !disk_low {
+        if topic.limits().retention_bytes.is_none() && !disk_low {
             return Ok(reqs);
         }
         let incoming: u64 = reqs.iter().map(|r| r.bytes as u64).sum();
@@ -349,7 +353,7 @@ impl Writer {
         if fits {
             return Ok(reqs);
         }
-        let quota_bytes = topic.config.retention_bytes.unwrap_or(0);
+        let quota_bytes = topic.limits().retention_bytes.unwrap_or(0);
         for req in reqs {
             self.shared
                 .stats
@@ -380,12 +384,19 @@ impl Writer {
         }
         if self.last_retention.elapsed() >= RETENTION_EVERY {
             self.last_retention = Instant::now();
-            let now_ms = super::now_ms();
+            let now_ms = self.shared.clock.now_ms();
+            let trusted = self.shared.clock.trusted();
             let replication = self.shared.config.replication_enabled;
             for topic in self.shared.topics.values().cloned().collect::<Vec<_>>() {
                 let disk_low = self.disk.low(&self.shared, &topic.partitions[0].dir);
-                let result = retention::expire(&topic, now_ms, replication).and_then(|()| {
-                    let limited = topic.config.retention_bytes.is_some() || disk_low;
+                let aged = if trusted {
+                    retention::settle_floors(&topic, now_ms)
+                        .and_then(|()| retention::expire(&topic, now_ms, replication))
+                } else {
+                    Ok(()) // stamps may be wrong: age retention waits for a trusted clock
+                };
+                let result = aged.and_then(|()| {
+                    let limited = topic.limits().retention_bytes.is_some() || disk_low;
                     if limited {
                         retention::make_room(&topic, 0, disk_low, replication)?;
                     }
@@ -467,6 +478,28 @@ impl Writer {
             self.shared.poison(e.to_string());
         }
     }
+}
+
+/// Marks records appended while the clock is untrusted with the
+/// `tidewell.clock: unsynced` header, and persists (once per run and
+/// partition) where such records start, before they are acknowledged.
+fn mark_untrusted(
+    part: &PartitionLog,
+    next: Offset,
+    reqs: &mut [Request],
+) -> Result<(), super::error::CheckpointError> {
+    use super::clock::{UNSYNCED_HEADER, UNSYNCED_VALUE};
+    for req in reqs.iter_mut() {
+        for record in &mut req.records {
+            let value = bytes::Bytes::from_static(UNSYNCED_VALUE);
+            record.headers.push((UNSYNCED_HEADER.to_string(), value));
+        }
+    }
+    part.update_meta(|meta| {
+        let first = meta.untrusted_from.is_none();
+        meta.untrusted_from.get_or_insert(next.0);
+        first
+    })
 }
 
 fn checkpoint_to_storage(e: super::error::CheckpointError) -> StorageError {

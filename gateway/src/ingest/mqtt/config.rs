@@ -264,10 +264,11 @@ impl MqttConfig {
     /// loopback (the embedded defaults).
     pub fn resolve(&mut self) -> bool {
         let loopback_only = self.listen.ip().is_loopback()
-            && self
-                .tls
-                .as_ref()
-                .is_none_or(|t| t.listen.ip().is_loopback());
+            && [&self.tls, &self.wss]
+                .into_iter()
+                .flatten()
+                .all(|t| t.listen.ip().is_loopback())
+            && self.ws_listen.is_none_or(|a| a.ip().is_loopback());
         let (acl, open) = match &self.anonymous_publish_acl_set {
             Some(acl) => (acl.clone(), false),
             None if loopback_only => (vec!["#".to_string()], true),

@@ -45,6 +45,8 @@ pub struct Session {
     pub conn: u64,
     pub version: Version,
     pub client_id: String,
+    /// The authenticated user (`None`: anonymous or by client certificate).
+    pub username: Option<String>,
     pub acl: Acl,
     /// 1.5 times the effective keep-alive: silence longer than this ends it.
     pub silence_limit: Duration,
@@ -247,10 +249,12 @@ async fn handshake(
         ka => ka.min(config.keep_alive_max_s),
     };
     let props = hello.props.as_ref();
+    let username = hello.login.as_ref().map(|l| l.username.clone());
     let session = Session {
         conn,
         version,
         client_id,
+        username: username.filter(|u| !u.is_empty()),
         acl,
         silence_limit: Duration::from_millis(u64::from(keep_alive_s) * 1500),
         max_frame_bytes: config.max_payload_bytes,
@@ -342,7 +346,7 @@ async fn authenticate(
         password: login.map(|l| l.password.as_bytes()),
         client_cert: hello.client_cert,
     };
-    auth::authenticate(&shared.config, &shared.gate, &who, hello.deadline).await
+    auth::authenticate(&shared.live.auth(), &shared.gate, &who, hello.deadline).await
 }
 
 fn connack_properties(
@@ -397,6 +401,9 @@ where
     W: AsyncWrite + Send + Unpin + 'static,
 {
     let kick = shared.register(&session.client_id, session.conn);
+    let _watched = shared
+        .live
+        .watch(session.conn, session.username.as_deref(), kick.clone());
     let (fifo_tx, fifo_rx) = mpsc::channel(usize::from(shared.config.receive_maximum));
     let qos2 = Arc::new(Mutex::new(HashSet::new()));
     let qos1_unacked = Arc::new(AtomicUsize::new(0));

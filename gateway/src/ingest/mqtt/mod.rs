@@ -81,6 +81,7 @@ pub mod config;
 mod connect;
 pub mod error;
 pub mod gate;
+pub mod live;
 mod message;
 mod observe;
 mod reader;
@@ -129,11 +130,12 @@ pub use message::Live;
 pub struct Shared {
     pub config: MqttConfig,
     pub log: Arc<Log>,
-    pub router: Router,
     pub stats: Arc<MqttStats>,
     pub hub: broadcast::Sender<Arc<Live>>,
     /// Bounds, caches and slows down password checks.
     pub gate: Arc<gate::Gate>,
+    /// Users, routes and TLS as the last reload left them.
+    pub live: Arc<live::Live>,
     /// Connected client ids: connection number and the signal that makes it
     /// give way to a newer connection with the same id.
     clients: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
@@ -195,6 +197,8 @@ pub struct MqttServer {
     pub ws_addrs: [Option<SocketAddr>; 2],
     pub stats: Arc<MqttStats>,
     tasks: Vec<JoinHandle<()>>,
+    live: Arc<live::Live>,
+    log: Arc<Log>,
 }
 
 impl Drop for MqttServer {
@@ -242,6 +246,12 @@ impl Running for MqttServer {
         );
         addresses
     }
+
+    fn reload(&self, config: &crate::config::Config) -> Result<Vec<String>, String> {
+        self.live
+            .apply(&config.mqtt, &self.log)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Binds the listeners and starts accepting until `shutdown`. Must run
@@ -275,10 +285,12 @@ pub async fn start(
     .map_err(|e| StartError::Task(format!("reading the log tail: {e}")))?;
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let stats = Arc::new(MqttStats::default());
+    let acceptor = tls.clone().map(TlsAcceptor::from);
+    let live = Arc::new(live::Live::new(config, router, acceptor));
     let shared = Arc::new(Shared {
         config: config.clone(),
-        log,
-        router,
+        log: log.clone(),
+        live: live.clone(),
         stats: stats.clone(),
         hub: broadcast::channel(HUB_CAPACITY).0,
         gate: Arc::new(gate::Gate::new(config, stats.clone())),
@@ -296,23 +308,17 @@ pub async fn start(
     })?;
     let mut tasks = vec![tokio::spawn(accept_loop(
         plain,
-        None,
+        false,
         shared.clone(),
         shutdown.clone(),
     ))];
     let ws = ws::listen(config, &shared, &shutdown).await?;
     tasks.extend(ws.tasks);
     let mut tls_addr = None;
-    if let (Some(tls_config), Some(server_config)) = (&config.tls, tls) {
+    if let (Some(tls_config), Some(_)) = (&config.tls, tls) {
         let listener = bind(tls_config.listen).await?;
         tls_addr = listener.local_addr().ok();
-        let acceptor = TlsAcceptor::from(server_config);
-        tasks.push(tokio::spawn(accept_loop(
-            listener,
-            Some(acceptor),
-            shared,
-            shutdown,
-        )));
+        tasks.push(tokio::spawn(accept_loop(listener, true, shared, shutdown)));
     }
     tracing::info!(%local_addr, tls = ?tls_addr, "mqtt listening");
     Ok(MqttServer {
@@ -321,6 +327,8 @@ pub async fn start(
         ws_addrs: [ws.ws, ws.wss],
         stats,
         tasks,
+        live,
+        log,
     })
 }
 
@@ -357,9 +365,11 @@ fn connection_budget(max_connections: u64) -> u64 {
     budget.min(max_connections)
 }
 
+/// `tls`: this listener's connections start with a handshake, under the
+/// certificate the last reload loaded.
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: bool,
     shared: Arc<Shared>,
     mut shutdown: Shutdown,
 ) {
@@ -389,7 +399,8 @@ async fn accept_loop(
         MqttStats::inc(&stats.connections_accepted);
         MqttStats::inc(&stats.connections_open);
         let _ = socket.set_nodelay(true);
-        tokio::spawn(handle_socket(socket, peer, tls.clone(), shared.clone()));
+        let acceptor = if tls { shared.live.tls() } else { None };
+        tokio::spawn(handle_socket(socket, peer, acceptor, shared.clone()));
     }
 }
 

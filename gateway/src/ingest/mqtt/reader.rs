@@ -264,7 +264,8 @@ impl Reader {
             self.flush_batch().await?;
             return self.queue(Entry::Duplicate(meta.pkid)).await;
         }
-        let dest = shared.router.route(topic, &self.session.client_id);
+        let router = shared.live.router();
+        let dest = router.route(topic, &self.session.client_id);
         let message = Live {
             topic: publish.topic.clone(),
             payload: publish.payload.clone(),

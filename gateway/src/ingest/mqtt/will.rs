@@ -116,7 +116,8 @@ async fn append(shared: &Arc<Shared>, client_id: &str, mut message: Live) {
         return;
     };
     message.received_ms = log::now_ms();
-    let dest = shared.router.route(topic, client_id);
+    let router = shared.live.router();
+    let dest = router.route(topic, client_id);
     let record = message.record(client_id, 0, dest.key);
     let _retained = message.retain.then(|| shared.retained.guard());
     let appended = match shared.log.append(dest.topic, dest.partition, vec![record]) {

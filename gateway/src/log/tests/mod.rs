@@ -1,6 +1,7 @@
 //! Tests of the log as a whole: crash consistency on the simulated disk, a
 //! model-based property test, and damaged files.
 
+mod clock;
 mod corrupt;
 mod crash;
 mod golden;
