@@ -9,11 +9,13 @@
 //! | [`gateway`] | [`Launch`] (config text or file, or the embedded defaults; environment; a command to run inside, such as `ip netns exec NS`; a descriptor limit) and [`Gateway`], the running process: its addresses from the ready line, its stderr, `/metrics` and `/status`, its log, SIGTERM and SIGKILL, restart |
 //! | [`tansu`] | a Kafka-API broker per test, and a TLS front for it |
 //! | [`mosquitto`] | the Debian MQTT clients |
+//! | [`broker`] | a Mosquitto 2 broker with persistence, stopped and started at will |
 //! | [`mqtt`] | a rumqttc publisher |
 //! | here | the CLI (`tidewell ARGS`, `log dump`, `log verify`, `mqtt hash-password`), a raw HTTP client, [`wait_until`], temp and data directories, test certificates |
 // Each test file uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod broker;
 pub mod gateway;
 pub mod mosquitto;
 pub mod mqtt;

@@ -52,6 +52,9 @@ pub struct Config {
     /// The MQTT listener (`[mqtt]`, see `mqtt::config`); on by default,
     /// loopback only.
     pub mqtt: crate::ingest::mqtt::MqttConfig,
+    /// Bridges from other MQTT brokers (`[[bridge.brokers]]`, see
+    /// `bridge::config`); none by default. They use the `[mqtt]` routes.
+    pub bridge: crate::ingest::bridge::BridgeConfig,
     /// Serial ports (`[[serial.ports]]`, see `serial::config`); none by default.
     pub serial: crate::ingest::serial::SerialConfig,
     /// Modbus buses to poll (`[[modbus.buses]]`, see `modbus::config`); none by default.
@@ -82,6 +85,7 @@ impl Default for Config {
             log: LogSection::default(),
             topics: BTreeMap::from([(DEFAULT_TOPIC.to_string(), TopicConfig::default())]),
             mqtt: crate::ingest::mqtt::MqttConfig::default(),
+            bridge: crate::ingest::bridge::BridgeConfig::default(),
             serial: crate::ingest::serial::SerialConfig::default(),
             modbus: crate::ingest::modbus::ModbusConfig::default(),
             journal: crate::ingest::journal::JournalConfig::default(),
@@ -130,7 +134,8 @@ impl Config {
         }
         let topics: Vec<&str> = self.topics.keys().map(String::as_str).collect();
         problems.extend(self.mqtt.validate().err());
-        if self.mqtt.enabled {
+        problems.extend(self.bridge.validate());
+        if self.mqtt.enabled || !self.bridge.brokers.is_empty() {
             // A disabled listener routes nothing: its default topic need not exist.
             problems.extend(self.unknown_mqtt_topics(&topics));
         }

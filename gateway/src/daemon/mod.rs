@@ -32,6 +32,7 @@ fn sources(config: &Config) -> impl Iterator<Item = Box<dyn Source>> {
         config.serial.source(),
         config.modbus.source(),
         config.mqtt.source(),
+        config.bridge.source(&config.mqtt),
         config.journal.source(),
         config.syslog.source(),
         config.http_ingest.source(&config.mqtt),

@@ -39,6 +39,7 @@
 //! section in [`crate::config::Config`], and one entry in the list of
 //! sources the gateway starts (`daemon::sources`).
 
+pub mod bridge;
 pub mod http;
 pub mod journal;
 pub mod modbus;
