@@ -92,6 +92,10 @@ pub async fn authenticate(
     }
 }
 
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer itself, built once per refused request"
+)]
 fn anonymous(shared: &Shared, peer: SocketAddr) -> Result<Access, Reply> {
     if shared.config.allow_anonymous && peer.ip().is_loopback() {
         return Ok(Access {

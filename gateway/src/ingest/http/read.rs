@@ -66,6 +66,10 @@ pub async fn get(
     }
 }
 
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer itself, built once per refused request"
+)]
 fn ask(
     shared: &Shared,
     req: &Request<Incoming>,

@@ -379,7 +379,7 @@ async fn accept_loop(
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.requested() => {
-                if tls.is_none() {
+                if !tls {
                     let (retained, log) = (shared.retained.clone(), shared.log.clone());
                     let _ = tokio::task::spawn_blocking(move || retained.checkpoint(&log, true)).await;
                 }
