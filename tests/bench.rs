@@ -152,3 +152,31 @@ fn bench_http_runs() {
         &["tidewell http", "p99", "tidewell log", "http / log"],
     );
 }
+
+#[test]
+fn bench_wire_runs_against_tansu_and_confluent_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &[
+            "wire",
+            "--devices",
+            "4",
+            "--backlog",
+            "400",
+            "--live-rate",
+            "50",
+            "--live-seconds",
+            "2",
+        ],
+    );
+    printed(
+        &out,
+        &[
+            "confluent-kafka, no headers",
+            "tidewell, compact",
+            "B/record",
+            "linger.ms = 1000",
+        ],
+    );
+}
