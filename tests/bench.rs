@@ -180,3 +180,16 @@ fn bench_wire_runs_against_tansu_and_confluent_kafka() {
         ],
     );
 }
+
+#[test]
+fn bench_bridge_runs_against_mosquitto_sub() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &["bridge", "--messages", "500", "--rounds", "1"],
+    );
+    printed(
+        &out,
+        &["tidewell bridge", "mosquitto_sub", "bridge / mosquitto_sub"],
+    );
+}

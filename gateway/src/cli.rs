@@ -146,6 +146,8 @@ enum BenchCommand {
     Journal(crate::bench::journal::JournalBenchArgs),
     /// Records/s of 16 keep-alive HTTP clients (fsync always) against the log's durable rate.
     Http(crate::bench::http::HttpBenchArgs),
+    /// Messages/s the bridge drains from a Mosquitto queue (PUBACK after fsync), against mosquitto_sub.
+    Bridge(crate::bench::bridge::BridgeBenchArgs),
     /// A reconnect storm of authenticated devices, and the memory of idle ones against Mosquitto.
     Connect(crate::bench::connect::ConnectBenchArgs),
     /// MQTT load (N clients x M messages): Tidewell (fsync always) against Mosquitto, or any broker.
@@ -226,6 +228,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "bench-mqtt")]
         Command::Bench(BenchCommand::Wire(args)) => {
             crate::bench::wire::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Bridge(args)) => {
+            crate::bench::bridge::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Connect(args)) => {
             crate::bench::connect::run(&args).map(|()| ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
 //! Benchmarks: each measures Tidewell and the peer named in its issue side by
 //! side in one run, on this machine, and prints ratios.
 
+pub mod bridge;
 pub mod connect;
 pub mod http;
 pub mod journal;
