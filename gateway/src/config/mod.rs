@@ -76,6 +76,9 @@ pub struct Config {
     /// The log filter (`"info"`, `"debug"`, `"tidewell::ingest=debug,info"`);
     /// unset: `TIDEWELL_LOG`, else `info`. A reload applies it.
     pub log_level: Option<String>,
+    /// A periodic status record to a local topic (`[heartbeat]`, see
+    /// `daemon::heartbeat`); off by default.
+    pub heartbeat: crate::daemon::heartbeat::HeartbeatConfig,
 }
 
 impl Default for Config {
@@ -95,6 +98,7 @@ impl Default for Config {
             gateway_id: None,
             upstream: None,
             log_level: None,
+            heartbeat: crate::daemon::heartbeat::HeartbeatConfig::default(),
         }
     }
 }
@@ -149,6 +153,7 @@ impl Config {
         problems.extend(self.journal.validate(&partitions).err());
         problems.extend(self.syslog.validate(&topics).err());
         problems.extend(self.http_ingest.validate().err());
+        problems.extend(self.heartbeat.validate(&topics));
         if let Some(upstream) = &self.upstream {
             problems.extend(upstream.validate(&topics).err());
         }

@@ -6,6 +6,7 @@
 //! [`Gateway::wait_for_stop_signal`] and [`Gateway::stop`]; an in-process
 //! test can call the same.
 
+pub mod heartbeat;
 #[cfg(feature = "test-hooks")]
 mod hooks;
 mod log_section;
@@ -76,7 +77,7 @@ impl Gateway {
     pub fn start(config: &Config, storage: Arc<dyn Storage>) -> Result<Gateway, StartError> {
         crate::net::raise_fd_limit();
         return_large_frees_to_the_os();
-        let log = Log::open(storage, config.log_config()).map_err(|source| StartError::Log {
+        let log = Log::open(storage.clone(), config.log_config()).map_err(|source| StartError::Log {
             dir: config.data_dir.clone(),
             source,
         })?;
@@ -108,7 +109,27 @@ impl Gateway {
         if let Some(replicator) = &replicator {
             registry.register(Arc::new(replicator.observer()));
         }
+        let heartbeat_stats = Arc::new(heartbeat::HeartbeatStats::default());
+        if config.heartbeat.enabled {
+            registry.register(heartbeat_stats.clone());
+        }
         let registry = Arc::new(registry);
+        if config.heartbeat.enabled {
+            let hb = heartbeat::Heartbeat {
+                config: config.heartbeat.clone(),
+                gateway_id: config.gateway_id(),
+                clock: config.log.clock,
+                data_dir: config.data_dir.clone(),
+                storage: storage.clone(),
+                log: log.clone(),
+            };
+            runtime.spawn(heartbeat::run(
+                hb,
+                registry.clone(),
+                heartbeat_stats,
+                stop_requested.clone(),
+            ));
+        }
         let http = runtime.block_on(start_http(config, registry.clone()));
         Ok(Gateway {
             runtime,
