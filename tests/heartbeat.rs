@@ -59,10 +59,25 @@ fn heartbeats_reach_the_upstream_topic_in_sequence_and_describe_the_gateway() {
     publish(gw.port(), "d0", 0..50);
     let bootstrap = broker.bootstrap();
     let mut beats = Vec::new();
-    wait_for("three heartbeats upstream", Duration::from_secs(60), || {
-        beats = consume_all(&bootstrap, "gw-hb.heartbeat", 1);
-        beats.len() >= 3
-    });
+    // Published (and acknowledged) before: a heartbeat made after sees them.
+    let sees_all = |v: &serde_json::Value| {
+        v["partitions"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["topic"] == "ingest" && p["end_offset"] == 50)
+        })
+    };
+    wait_for(
+        "three heartbeats upstream, the last after the publishes",
+        Duration::from_secs(60),
+        || {
+            beats = consume_all(&bootstrap, "gw-hb.heartbeat", 1);
+            beats.len() >= 3
+                && beats
+                    .last()
+                    .and_then(|r| serde_json::from_slice(&r.value).ok())
+                    .is_some_and(|v| sees_all(&v))
+        },
+    );
     let values: Vec<serde_json::Value> = beats
         .iter()
         .map(|r| serde_json::from_slice(&r.value).unwrap())
@@ -82,7 +97,6 @@ fn heartbeats_reach_the_upstream_topic_in_sequence_and_describe_the_gateway() {
     // One per interval: the third came at least ~2 s after the first.
     let at = |i: usize| values[i]["time_ms"].as_i64().unwrap();
     assert!(at(2) - at(0) >= 1_900, "{} ms apart", at(2) - at(0));
-    // The later heartbeats see the 50 records published before them.
     let last = values.last().unwrap();
     let ingest = last["partitions"]
         .as_array()

@@ -77,10 +77,11 @@ impl Gateway {
     pub fn start(config: &Config, storage: Arc<dyn Storage>) -> Result<Gateway, StartError> {
         crate::net::raise_fd_limit();
         return_large_frees_to_the_os();
-        let log = Log::open(storage.clone(), config.log_config()).map_err(|source| StartError::Log {
-            dir: config.data_dir.clone(),
-            source,
-        })?;
+        let log =
+            Log::open(storage.clone(), config.log_config()).map_err(|source| StartError::Log {
+                dir: config.data_dir.clone(),
+                source,
+            })?;
         let log = Arc::new(log);
         let replicator = start_replicator(config, &log)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -146,7 +146,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     check("journal", differs(&probe.journal, &running.journal));
     check("syslog", differs(&probe.syslog, &running.syslog));
     check("bridge", differs(&probe.bridge, &running.bridge));
-    check("http_ingest", differs(&probe.http_ingest, &running.http_ingest));
+    check(
+        "http_ingest",
+        differs(&probe.http_ingest, &running.http_ingest),
+    );
     check("heartbeat", probe.heartbeat != running.heartbeat);
     check("mqtt (other than users, ACLs, routes, tls cert/key)", {
         differs(&probe.mqtt, &running.mqtt)
