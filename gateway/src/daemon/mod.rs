@@ -69,6 +69,9 @@ pub struct Gateway {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// The configuration in force (reloads update what they applied).
     config: Config,
+    /// [`Security::fingerprint`](crate::replicate::config::Security::fingerprint)
+    /// of the upstream credentials the session uses.
+    upstream_credentials: Option<u64>,
 }
 
 impl Gateway {
@@ -142,7 +145,21 @@ impl Gateway {
             signals: Some(signals),
             shutdown,
             config: config.clone(),
+            upstream_credentials: config.upstream.as_ref().map(|u| u.security.fingerprint()),
         })
+    }
+
+    /// Hands changed upstream credentials to the replicator, which
+    /// rebuilds its session with them.
+    fn reload_upstream_credentials(&mut self) -> Option<String> {
+        let (replicator, upstream) = (self.replicator.as_ref()?, self.config.upstream.as_ref()?);
+        let now = upstream.security.fingerprint();
+        if self.upstream_credentials == Some(now) {
+            return None;
+        }
+        self.upstream_credentials = Some(now);
+        replicator.reload_security(upstream.security.clone());
+        Some("upstream.security (credentials, certificates): session rebuilt".into())
     }
 
     /// The bound addresses, in the `ready` line's order: each source's, then
@@ -188,7 +205,8 @@ impl Gateway {
         let _ = systemd::notify("RELOADING=1");
         tracing::info!("reload: re-reading the configuration");
         match reload::reload(config_path, &mut self.config, &self.log, &self.sources) {
-            Ok(outcome) => {
+            Ok(mut outcome) => {
+                outcome.applied.extend(self.reload_upstream_credentials());
                 for key in &outcome.restart_needed {
                     tracing::warn!(
                         "reload: {key} changed: needs a restart; the running value stays"

@@ -7,7 +7,9 @@
 //! retention with them right away), and what each source's
 //! [`Running::reload`](crate::ingest::Running::reload) takes (MQTT: users,
 //! hashes, ACLs, anonymous access, routes, the TLS certificate and key for
-//! new connections). Everything else needs a restart: such changes are
+//! new connections), and the upstream credentials and certificates
+//! (`[upstream.security]`, or a file it names that changed: the session is
+//! rebuilt with them). Everything else needs a restart: such changes are
 //! named in the log, and the running values stay.
 
 use std::path::Path;
@@ -113,6 +115,9 @@ fn adopt(running: &mut Config, new: Config) {
     if let (Some(tls), Some(new_tls)) = (&mut mqtt.tls, &new.mqtt.tls) {
         tls.cert_file = new_tls.cert_file.clone();
         tls.key_file = new_tls.key_file.clone();
+    }
+    if let (Some(up), Some(new_up)) = (&mut running.upstream, &new.upstream) {
+        up.security = new_up.security.clone();
     }
     running.topics = topics;
     running.mqtt = mqtt;

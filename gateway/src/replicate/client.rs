@@ -43,6 +43,9 @@ pub enum Event {
     },
     /// New records are readable in the log.
     Appended,
+    /// A reload changed the credentials or certificates: the session is
+    /// rebuilt with them.
+    Reload(Box<super::config::Security>),
     Stop,
 }
 

@@ -143,6 +143,27 @@ pub struct Security {
     pub key_file: Option<PathBuf>,
 }
 
+impl Security {
+    /// What a session's credentials depend on: these settings and the
+    /// contents of the files they name (which configuration management may
+    /// rotate in place). A reload that changes it rebuilds the session.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{self:?}").hash(&mut h);
+        let files = [
+            &self.password_file,
+            &self.ca_file,
+            &self.cert_file,
+            &self.key_file,
+        ];
+        for file in files.into_iter().flatten() {
+            std::fs::read(file).ok().hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
 impl Default for Security {
     fn default() -> Self {
         Security {

@@ -261,6 +261,11 @@ impl Replicator {
         }
     }
 
+    /// Rebuilds the session with new credentials or certificates (a reload).
+    pub fn reload_security(&self, security: config::Security) {
+        let _ = self.tx.send(Event::Reload(Box::new(security)));
+    }
+
     /// Stops after a short drain of in-flight records; persists the cursors.
     pub fn stop(mut self) {
         self.stop_thread();

@@ -380,6 +380,7 @@ impl Runner {
         match event {
             Event::Stop => self.stop.store(true, Ordering::Release),
             Event::Appended => {}
+            Event::Reload(security) => self.reload_security(*security),
             Event::Delivered { token, error } => self.delivered(&token, error),
             Event::Client {
                 session,
@@ -464,10 +465,30 @@ impl Runner {
         }
     }
 
+    /// New credentials or certificates: the current session ends as a
+    /// failed one does (its connections reset, every stream rewound to its
+    /// cursor; the next session reads the remote tails first, so nothing is
+    /// sent twice) and the next starts at once, not counted as a failure.
+    fn reload_security(&mut self, security: super::config::Security) {
+        self.config.security = security;
+        if self.producer.is_some() {
+            self.end_session();
+        }
+        self.failures = 0;
+        self.retry_at = Instant::now();
+        self.status_dirty = true;
+        tracing::info!("upstream: credentials reloaded; the session is rebuilt with them");
+    }
+
     /// Ends the session: drops the producer (purging what it still holds),
     /// rewinds every stream to its cursor and schedules the next attempt.
     fn teardown(&mut self, e: UpstreamError) {
         let e = self.explain_fatal(e);
+        self.end_session();
+        self.schedule_retry(e);
+    }
+
+    fn end_session(&mut self) {
         if let Some(producer) = self.producer.take() {
             // The last count of these connections: they are about to close.
             self.count_wire();
@@ -487,7 +508,6 @@ impl Runner {
             s.reset();
         }
         self.window.bytes = 0;
-        self.schedule_retry(e);
     }
 
     /// A delivery or enqueue that failed with `Fatal` is the producer's
