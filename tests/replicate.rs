@@ -544,6 +544,81 @@ fn scram_over_tls_reports_a_wrong_password_and_recovers_when_corrected() {
     gateway.stop();
 }
 
+/// A reload with new upstream credentials rebuilds the session with them:
+/// after a reload to a wrong password the broker refuses the gateway (so
+/// the reload took effect on a working session), after the next reload to
+/// a second user's credentials the rest drains; every record arrives once,
+/// in order.
+#[test]
+fn a_reload_applies_new_upstream_credentials_without_loss_or_duplicates() {
+    let (dir, mut broker) = setup();
+    broker.create_user("gateway", "s3cret");
+    broker.create_user("gateway2", "n3w");
+    let tls_port = free_port();
+    broker.require_authentication(tls_port);
+    harness::make_certs(dir.path());
+    let p = |name: &str| dir.path().join(name);
+    let _front = TlsFront::start(tls_port, &p("server.pem"), &p("server.key"), &broker);
+    let bootstrap = format!("127.0.0.1:{tls_port}");
+    let cfg = |user: &str, password: &str| {
+        let security = format!(
+            "\n[upstream.security]\nprotocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+             username = \"{user}\"\npassword = \"{password}\"\nca_file = {:?}\n",
+            p("ca.pem"),
+        );
+        config(dir.path(), &broker, "", &security).replace(&broker.bootstrap(), &bootstrap)
+    };
+    let gateway = Gateway::start(dir.path(), &cfg("gateway", "s3cret"));
+    let hup = |text: String| {
+        std::fs::write(p("tidewell.toml"), text).unwrap();
+        let out = std::process::Command::new("kill")
+            .args(["-HUP", &gateway.pid().to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    publish_devices(gateway.port(), 2, 0..100);
+    wait_drained(&gateway, 200, Duration::from_secs(60));
+
+    hup(cfg("gateway", "wrong"));
+    let refused = wait_until(Duration::from_secs(60), || {
+        status(&gateway).is_some_and(|s| s["authorization_errors"].as_u64() >= Some(1))
+    });
+    assert!(
+        refused,
+        "the reloaded wrong password is used: {:#?}\n{}",
+        status(&gateway),
+        gateway.stderr_text()
+    );
+    assert!(gateway.stderr_contains("credentials reloaded"));
+    publish_devices(gateway.port(), 2, 100..200);
+
+    hup(cfg("gateway2", "n3w"));
+    wait_drained(&gateway, 400, Duration::from_secs(60));
+    let ca = p("ca.pem").to_str().unwrap().to_string();
+    let records = consume_all_with(
+        &bootstrap,
+        REMOTE,
+        PARTITIONS as i32,
+        &[
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "gateway2"),
+            ("sasl.password", "n3w"),
+            ("ssl.ca.location", &ca),
+        ],
+    );
+    let (keys, duplicates) = by_key(&records);
+    assert_eq!(duplicates, 0);
+    assert_eq!(keys.len(), 2);
+    for seqs in keys.values() {
+        assert_eq!(*seqs, (0..200).collect::<Vec<_>>());
+    }
+    let s = status(&gateway).unwrap();
+    assert!(s["sessions"].as_u64().unwrap() >= 2, "{s:#}");
+    gateway.stop();
+}
+
 /// Kills the gateway mid-drain up to `kills` times (a capped uplink keeps
 /// the drain going for seconds), then lets it finish. Returns the kills.
 fn drain_with_kills(
