@@ -348,12 +348,11 @@ mod tests {
     fn backoff_grows_to_its_cap_with_jitter_and_resets() {
         let mut b = Backoff::new(100, 1000);
         let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
-        for pair in delays.windows(2) {
-            assert!(pair[1] >= pair[0], "never shrinks: {delays:?}");
+        // The i-th delay is drawn from the upper half of min(100 ms x 2^i, 1 s).
+        for (i, d) in delays.iter().enumerate() {
+            let step = Duration::from_millis((100u64 << i).min(1000));
+            assert!(*d >= step / 2 && *d <= step, "delay {i}: {delays:?}");
         }
-        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(1000)));
-        assert!(delays[7] >= Duration::from_millis(500));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }
