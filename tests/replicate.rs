@@ -239,7 +239,7 @@ fn broker_outage_loses_nothing_and_duplicates_nothing() {
 fn sigkill_while_draining_adds_no_duplicates() {
     let (dir, mut broker) = setup();
     // A capped uplink so the drain takes seconds and the kills land mid-drain.
-    let extra = "bandwidth_bytes_per_s = 40000\nmax_in_flight_records = 1000\n";
+    let extra = "bandwidth_bytes_per_s = 4000\nmax_in_flight_records = 1000\n";
     let cfg = config(dir.path(), &broker, "", extra);
     let gateway = Gateway::start(dir.path(), &cfg);
     broker.stop();
@@ -658,7 +658,7 @@ fn drain_with_kills(
 #[test]
 fn compact_provenance_identifies_records_and_keeps_restarts_free_of_duplicates() {
     let (dir, mut broker) = setup();
-    let extra = "bandwidth_bytes_per_s = 40000\nmax_in_flight_records = 1000\n";
+    let extra = "bandwidth_bytes_per_s = 4000\nmax_in_flight_records = 1000\n";
     let mirror = "provenance = \"compact\"\nheaders = [\"mqtt.topic\"]";
     let cfg = config_mirror(dir.path(), &broker, "", extra, mirror);
     let kills = drain_with_kills(dir.path(), &cfg, &mut broker, 2000, 3);
@@ -686,7 +686,7 @@ fn compact_provenance_identifies_records_and_keeps_restarts_free_of_duplicates()
 #[test]
 fn the_json_envelope_carries_provenance_for_sinks_that_drop_headers() {
     let (dir, mut broker) = setup();
-    let extra = "bandwidth_bytes_per_s = 60000\nmax_in_flight_records = 1000\n";
+    let extra = "bandwidth_bytes_per_s = 6000\nmax_in_flight_records = 1000\n";
     let mirror = "provenance = \"off\"\nvalue_format = \"json_envelope\"\nheaders = \"none\"";
     let cfg = config_mirror(dir.path(), &broker, "", extra, mirror);
     let kills = drain_with_kills(dir.path(), &cfg, &mut broker, 2000, 2);
