@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use harness::mqtt::publish;
 use harness::tansu::Broker;
-use harness::{wait_for, Launch};
+use harness::{wait_for, Gateway, Launch};
 use kafka::consume_all;
 
 fn config(dir: &std::path::Path, broker: &Broker) -> String {
