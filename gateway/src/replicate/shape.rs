@@ -22,6 +22,16 @@
 //!   names `{gateway_id}`, and the local topic when it names `{topic}`:
 //!   the remote topic then says them. With the default template
 //!   (`{gateway_id}.{topic}`) the header is 2 + 1 + 1..4 + 1..10 bytes.
+//!
+//!   After compression nearly all of its cost is the offset: the one value
+//!   that is new in every record (a literal byte, and the match it splits:
+//!   about 2 B/record with zstd, 4 with lz4, in `tidewell bench wire`).
+//!   Fixed-width or minimal big-endian offsets, decimal or hex text, the
+//!   offset first, no flags or partition, and shorter header keys all
+//!   measured the same or worse on the bench's records, so this layout
+//!   stays. Every record carries its whole offset: a consumer must never
+//!   have to infer one from its neighbours (a duplicate upstream would shift
+//!   the inference and drop genuine records).
 //! - `off`: no provenance at all. Nothing then tells this gateway's records
 //!   apart upstream, so the tail read after a restart or a failed session
 //!   finds nothing: records acknowledged after the last checkpoint (up to
