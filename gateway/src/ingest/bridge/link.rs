@@ -140,7 +140,9 @@ impl Link {
         match event {
             Event::Connected { session_present } => {
                 LinkStats::inc(&stats.connects);
-                stats.set_state(LinkState::Up, 0);
+                // `up` only once the SUBACK is in: on a new session the
+                // broker drops what is published before it has our filters.
+                stats.set_state(LinkState::Subscribing, 0);
                 self.up_since = Some(Instant::now());
                 self.auth_delays.reset();
                 if !session_present {
@@ -158,7 +160,10 @@ impl Link {
                 self.on_publish(delivery).await?;
             }
             Event::Released(pkid) => self.shared.inflight().released(pkid),
-            Event::Subscribed { refused } => self.subscriptions_refused(&refused),
+            Event::Subscribed { refused } => {
+                self.subscriptions_refused(&refused);
+                stats.set_state(LinkState::Up, 0);
+            }
             Event::Other => {}
         }
         Ok(())
