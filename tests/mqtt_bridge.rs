@@ -176,7 +176,11 @@ fn check_duplicates(before: &Copies, after: &Copies) -> BTreeMap<String, usize> 
         let limit = if id == "p1" { 1 } else { 2 };
         let mut total = 0;
         for (seq, &n) in &after[id] {
-            let earlier = before.get(id).and_then(|c| c.get(seq)).copied().unwrap_or(0);
+            let earlier = before
+                .get(id)
+                .and_then(|c| c.get(seq))
+                .copied()
+                .unwrap_or(0);
             assert!(
                 n - earlier <= limit,
                 "{id}:{seq} appended {} times after the kill (at most {limit})",
