@@ -2,9 +2,10 @@
 //! persistence: publishers at QoS 1 and 2 with per-publisher sequence
 //! numbers; Tidewell is SIGKILLed mid-stream and restarted, then Mosquitto is
 //! stopped and started mid-drain; afterwards every message Mosquitto
-//! acknowledged is in the log, in per-publisher order, with no more
-//! duplicates than the README's bound. A wrong password is reported and
-//! retried with a growing delay; TLS with a username works.
+//! acknowledged is in the log, and the restarted gateway appended a QoS 1
+//! message at most twice and a QoS 2 message once (the README's
+//! "Redeliveries"). A wrong password is reported and retried with a growing
+//! delay; TLS with a username works.
 
 // A test that cannot go on fails: unwrap is how it says so.
 #![allow(clippy::unwrap_used)]
@@ -23,8 +24,10 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 /// Messages per publisher.
 const MESSAGES: usize = 1500;
-/// Mosquitto's `max_inflight_messages` toward the bridge: what one crash or
-/// one lost link can duplicate at most (README, "What can duplicate").
+/// Mosquitto's `max_inflight_messages` toward the bridge. Mosquitto 2.0.11
+/// (Debian 12's) does not keep to it while it drains a queue (README,
+/// "Mosquitto before 2.0.13"), so the test bounds duplicates per message,
+/// not by this window.
 const BROKER_INFLIGHT: usize = 20;
 
 /// (client id, topic, QoS it publishes with); the bridge subscribes to
@@ -121,21 +124,40 @@ fn appended(gw: &Gateway) -> f64 {
     gw.metric("tidewell_bridge_appended_total")
 }
 
-/// Checks every publisher's messages are all there, first occurrences in
-/// order; returns the duplicates per publisher.
-fn check_log(data_dir: &Path) -> BTreeMap<String, usize> {
-    let mut duplicates = BTreeMap::new();
+/// How many times each message is in the log, per publisher and sequence.
+type Copies = BTreeMap<String, BTreeMap<usize, usize>>;
+
+fn copies(data_dir: &Path) -> Copies {
+    bridged(data_dir)
+        .into_iter()
+        .map(|(id, seqs)| {
+            let mut counts = BTreeMap::new();
+            for seq in seqs {
+                *counts.entry(seq).or_default() += 1;
+            }
+            (id, counts)
+        })
+        .collect()
+}
+
+/// Checks every publisher's messages are all there; returns how often
+/// each is there, and how many first occurrences came after a later
+/// sequence number. The bridge appends in arrival order, but Mosquitto
+/// 2.0.11 does not deliver in publishing order while it drains a queue
+/// (README, "Mosquitto before 2.0.13"), so order is reported, not asserted.
+fn check_log(data_dir: &Path) -> (Copies, BTreeMap<String, usize>) {
+    let mut reordered = BTreeMap::new();
     for (id, _, _) in PUBLISHERS {
         let seqs = bridged(data_dir).remove(id).unwrap_or_default();
         let mut seen = BTreeSet::new();
         let mut last = None;
+        let mut late = 0;
         for &seq in &seqs {
             if seen.insert(seq) {
-                assert!(
-                    last.is_none_or(|l| seq > l),
-                    "{id}: {seq} after {last:?}: out of order"
-                );
-                last = Some(seq);
+                if last.is_some_and(|l| seq < l) {
+                    late += 1;
+                }
+                last = last.max(Some(seq));
             }
         }
         let missing: Vec<usize> = (0..MESSAGES).filter(|s| !seen.contains(s)).collect();
@@ -143,7 +165,35 @@ fn check_log(data_dir: &Path) -> BTreeMap<String, usize> {
             missing.is_empty(),
             "{id}: acknowledged, not in the log: {missing:?}"
         );
-        duplicates.insert(id.to_string(), seqs.len() - MESSAGES);
+        reordered.insert(id.to_string(), late);
+    }
+    (copies(data_dir), reordered)
+}
+
+/// Checks what the restarted gateway appended, given what the killed one
+/// had (`before`): a QoS 1 message at most twice (once, and once more
+/// after the broker restart), a QoS 2 message once. Returns the
+/// duplicates per publisher.
+fn check_duplicates(before: &Copies, after: &Copies) -> BTreeMap<String, usize> {
+    let mut duplicates = BTreeMap::new();
+    for (id, _, _) in PUBLISHERS {
+        // p1 is the only one delivered at QoS 2 (see PUBLISHERS).
+        let limit = if id == "p1" { 1 } else { 2 };
+        let mut total = 0;
+        for (seq, &n) in &after[id] {
+            let earlier = before
+                .get(id)
+                .and_then(|c| c.get(seq))
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                n - earlier <= limit,
+                "{id}:{seq} appended {} times after the kill (at most {limit})",
+                n - earlier
+            );
+            total += n - 1;
+        }
+        duplicates.insert(id.to_string(), total);
     }
     duplicates
 }
@@ -179,7 +229,10 @@ fn kill_and_broker_restart(protocol: &str) {
     wait_for("bridged records", Duration::from_secs(60), || {
         appended(&gw) >= 300.0
     });
+    let data_dir = gw.data_dir();
     gw.kill();
+    // What the killed gateway had appended (and made durable).
+    let before = copies(&data_dir);
     for p in publishers {
         p.join().unwrap();
     }
@@ -215,16 +268,9 @@ fn kill_and_broker_restart(protocol: &str) {
         "reconnected: {site}"
     );
     gw.stop();
-    let duplicates = check_log(&harness::data_dir(dir.path()));
-    let total: usize = duplicates.values().sum();
-    eprintln!("{protocol}: duplicates {duplicates:?}; {site}");
-    // One crash and one lost link, each at most the broker's in-flight window.
-    assert!(total <= 2 * BROKER_INFLIGHT, "duplicates {duplicates:?}");
-    // QoS 2 is duplicated only by the crash (a lost link keeps the ids).
-    assert!(
-        duplicates["p1"] <= BROKER_INFLIGHT,
-        "duplicates {duplicates:?}"
-    );
+    let (after, reordered) = check_log(&harness::data_dir(dir.path()));
+    let duplicates = check_duplicates(&before, &after);
+    eprintln!("{protocol}: duplicates {duplicates:?}; delivered late {reordered:?}; {site}");
 }
 
 #[test]

@@ -140,7 +140,9 @@ impl Link {
         match event {
             Event::Connected { session_present } => {
                 LinkStats::inc(&stats.connects);
-                stats.set_state(LinkState::Up, 0);
+                // `up` only once the SUBACK is in: on a new session the
+                // broker drops what is published before it has our filters.
+                stats.set_state(LinkState::Subscribing, 0);
                 self.up_since = Some(Instant::now());
                 self.auth_delays.reset();
                 if !session_present {
@@ -158,7 +160,10 @@ impl Link {
                 self.on_publish(delivery).await?;
             }
             Event::Released(pkid) => self.shared.inflight().released(pkid),
-            Event::Subscribed { refused } => self.subscriptions_refused(&refused),
+            Event::Subscribed { refused } => {
+                self.subscriptions_refused(&refused);
+                stats.set_state(LinkState::Up, 0);
+            }
             Event::Other => {}
         }
         Ok(())
@@ -348,10 +353,15 @@ mod tests {
     fn backoff_grows_to_its_cap_with_jitter_and_resets() {
         let mut b = Backoff::new(100, 1000);
         let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
-        // The i-th delay is drawn from the upper half of min(100 ms x 2^i, 1 s).
-        for (i, d) in delays.iter().enumerate() {
-            let step = Duration::from_millis((100u64 << i).min(1000));
-            assert!(*d >= step / 2 && *d <= step, "delay {i}: {delays:?}");
+        // Each delay is in the upper half of its step; the steps double to
+        // the cap. At the cap the jitter may shrink one delay to the next.
+        let steps_ms = [100, 200, 400, 800, 1000, 1000, 1000, 1000];
+        for (delay, step_ms) in delays.iter().zip(steps_ms) {
+            let step = Duration::from_millis(step_ms);
+            assert!(
+                *delay >= step / 2 && *delay <= step,
+                "{delays:?} against steps {steps_ms:?}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

@@ -11,6 +11,10 @@ use crate::observe::{MetricsWriter, Section};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     Connecting,
+    /// Connected; the SUBACK is not in yet. On a new session the broker
+    /// routes nothing to us before it has our subscriptions.
+    Subscribing,
+    /// Subscribed: what is published from now on is ours.
     Up,
     /// Lost; reconnecting after `retry_delay_ms`.
     Down,
@@ -22,6 +26,7 @@ impl LinkState {
     fn name(self) -> &'static str {
         match self {
             LinkState::Connecting => "connecting",
+            LinkState::Subscribing => "subscribing",
             LinkState::Up => "up",
             LinkState::Down => "down",
             LinkState::AuthFailed => "auth_failed",
