@@ -202,7 +202,7 @@ fn drain_bridge(config: &Path, total: usize) -> anyhow::Result<Duration> {
 /// Polls `/status` every 5 ms until the local topic holds `total`
 /// records and the bridge holds none unacknowledged.
 fn wait_appended(http: SocketAddr, total: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let status = http_get_json(http, "/status")?;
         let site = &status["bridge"]["site"];
@@ -212,7 +212,7 @@ fn wait_appended(http: SocketAddr, total: usize) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the log holds {end} of {total} after 600 s: {site}"
+            "the log holds {end} of {total} after 300 s: {site}"
         );
         std::thread::sleep(Duration::from_millis(5)); // /status is polled: no push
     }
