@@ -208,6 +208,12 @@ fn wait_appended(http: SocketAddr, total: usize) -> anyhow::Result<()> {
         let site = &status["bridge"]["site"];
         let end = log_end(&status);
         if site["state"] == "up" && end >= total && site["inflight"].as_u64() == Some(0) {
+            // A reconnect mid-drain brings redeliveries, which would count
+            // as progress here: such a round measures nothing.
+            anyhow::ensure!(
+                site["connects"].as_u64() == Some(1) && end == total,
+                "the link reconnected during the drain ({end} records for {total}): {site}"
+            );
             return Ok(());
         }
         anyhow::ensure!(
