@@ -108,6 +108,9 @@ fn heartbeats_reach_the_upstream_topic_in_sequence_and_describe_the_gateway() {
     assert_eq!(ingest["dropped_since"], 0, "{last}");
     assert!(last["upstream"].is_object(), "{last}");
     let status = gw.status();
-    assert!(status["heartbeat"]["sent"].as_u64().unwrap() >= 3, "{status}");
+    assert!(
+        status["heartbeat"]["sent"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
     gw.stop();
 }
