@@ -273,3 +273,106 @@ fn sighup_rotates_revokes_replaces_the_certificate_and_changes_a_quota_without_l
         count("bob-1")
     );
 }
+
+/// `curl` against an HTTPS port: `Some(http status)`, or `None` when the
+/// TLS handshake failed (the CA does not verify the certificate).
+fn curl(port: u16, ca: &Path, args: &[&str]) -> Option<u16> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cacert")
+        .arg(ca)
+        .args(args)
+        .arg(format!("https://127.0.0.1:{port}/v1/topics/ingest"))
+        .output()
+        .expect("curl (apt-get install curl)");
+    match out.status.code() {
+        Some(0) => String::from_utf8_lossy(&out.stdout).trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// HTTP ingest shares the MQTT users and has its own certificate, as does
+/// `[mqtt.wss]`: a reload rotates a password, revokes a user and replaces
+/// both certificates for new connections.
+#[test]
+fn sighup_applies_http_ingest_users_and_the_https_and_wss_certificates() {
+    let dir = harness::temp_dir();
+    for certs in ["old", "new"] {
+        std::fs::create_dir_all(dir.path().join(certs)).unwrap();
+        harness::make_certs(&dir.path().join(certs));
+    }
+    let p = |certs: &str, name: &str| dir.path().join(certs).join(name);
+    let config = |ann: &str, bob: Option<&str>, certs: &str| {
+        let mut text = format!(
+            "{data_dir}[mqtt]\nlisten = \"127.0.0.1:0\"\nallow_anonymous = false\n\
+             [mqtt.wss]\nlisten = \"127.0.0.1:0\"\ncert_file = {:?}\nkey_file = {:?}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n\
+             [http_ingest]\nenabled = true\nlisten = \"127.0.0.1:0\"\nallow_anonymous = false\n\
+             [http_ingest.tls]\nlisten = \"127.0.0.1:0\"\ncert_file = {:?}\nkey_file = {:?}\n",
+            p(certs, "server.pem"),
+            p(certs, "server.key"),
+            p(certs, "server.pem"),
+            p(certs, "server.key"),
+            data_dir = harness::data_dir_line(dir.path()),
+        );
+        for (name, hash) in [("ann", Some(ann)), ("bob", bob)] {
+            if let Some(hash) = hash {
+                text.push_str(&format!(
+                    "[[mqtt.users]]\nusername = \"{name}\"\npassword_hash = \"{hash}\"\npublish_acl = [\"#\"]\n"
+                ));
+            }
+        }
+        text
+    };
+    let (ann1, ann2, bob1) = (
+        harness::hash_password("ann-1"),
+        harness::hash_password("ann-2"),
+        harness::hash_password("bob-1"),
+    );
+    let path = harness::write_config(dir.path(), &config(&ann1, Some(&bob1), "old"));
+    let gateway = harness::Launch::config_file(dir.path(), &path).start();
+    let https = gateway.addr("https_ingest").expect("https_ingest").port();
+    let wss = gateway.addr("mqtt-wss").expect("mqtt-wss").port();
+    let post = |ca: &str, user: &str| {
+        let data = [
+            "-u",
+            user,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            "{\"t\":1}",
+        ];
+        curl(https, &p(ca, "ca.pem"), &data)
+    };
+    assert_eq!(post("old", "ann:ann-1"), Some(200));
+    assert_eq!(post("old", "bob:bob-1"), Some(200));
+    assert!(
+        curl(wss, &p("old", "ca.pem"), &[]).is_some(),
+        "wss under the old CA"
+    );
+
+    std::fs::write(&path, config(&ann2, None, "new")).unwrap();
+    reload(&gateway, "tidewell: reloaded", 1);
+    // New connections get the new certificates: the old CA no longer verifies them.
+    assert_eq!(post("old", "ann:ann-2"), None);
+    assert_eq!(curl(wss, &p("old", "ca.pem"), &[]), None);
+    assert!(
+        curl(wss, &p("new", "ca.pem"), &[]).is_some(),
+        "wss under the new CA"
+    );
+    // The rotated password and the revoked user.
+    assert_eq!(post("new", "ann:ann-1"), Some(401));
+    assert_eq!(post("new", "ann:ann-2"), Some(200));
+    assert_eq!(post("new", "bob:bob-1"), Some(401));
+    gateway.stop();
+    let records = dump(&harness::data_dir(dir.path()));
+    assert_eq!(records.len(), 3, "three POSTs answered 200: {records:?}");
+}

@@ -7,7 +7,8 @@
 //! retention with them right away), and what each source's
 //! [`Running::reload`](crate::ingest::Running::reload) takes (MQTT: users,
 //! hashes, ACLs, anonymous access, routes, the TLS certificate and key for
-//! new connections), and the upstream credentials and certificates
+//! new connections; the same for `[mqtt.wss]`), HTTP ingest's users,
+//! ACLs, anonymous access and HTTPS certificate, and the upstream credentials and certificates
 //! (`[upstream.security]`, or a file it names that changed: the session is
 //! rebuilt with them). Everything else needs a restart: such changes are
 //! named in the log, and the running values stay.
@@ -112,10 +113,26 @@ fn adopt(running: &mut Config, new: Config) {
     mqtt.anonymous_subscribe_acl = new.mqtt.anonymous_subscribe_acl.clone();
     mqtt.routes = new.mqtt.routes.clone();
     mqtt.default_topic = new.mqtt.default_topic.clone();
-    if let (Some(tls), Some(new_tls)) = (&mut mqtt.tls, &new.mqtt.tls) {
+    for (tls, new_tls) in [
+        (&mut mqtt.tls, &new.mqtt.tls),
+        (&mut mqtt.wss, &new.mqtt.wss),
+    ] {
+        if let (Some(tls), Some(new_tls)) = (tls, new_tls) {
+            tls.cert_file = new_tls.cert_file.clone();
+            tls.key_file = new_tls.key_file.clone();
+            tls.client_ca_file = new_tls.client_ca_file.clone();
+        }
+    }
+    let mut http = running.http_ingest.clone();
+    http.allow_anonymous = new.http_ingest.allow_anonymous;
+    http.anonymous_publish_acl = new.http_ingest.anonymous_publish_acl.clone();
+    http.anonymous_read_acl = new.http_ingest.anonymous_read_acl.clone();
+    if let (Some(tls), Some(new_tls)) = (&mut http.tls, &new.http_ingest.tls) {
         tls.cert_file = new_tls.cert_file.clone();
         tls.key_file = new_tls.key_file.clone();
+        tls.client_ca_file = new_tls.client_ca_file.clone();
     }
+    running.http_ingest = http;
     if let (Some(up), Some(new_up)) = (&mut running.upstream, &new.upstream) {
         up.security = new_up.security.clone();
     }

@@ -58,8 +58,8 @@ pub async fn authenticate(
         password: &password,
     };
     let deadline = Instant::now() + AUTH_DEADLINE;
-    let users = &shared.mqtt.users;
-    match shared.gate.check(users, &attempt, deadline).await {
+    let access = shared.access();
+    match shared.gate.check(&access.users, &attempt, deadline).await {
         Ok(user) => Ok(Access {
             acl: Acl::new(
                 &user.publish_acl,
@@ -97,12 +97,13 @@ pub async fn authenticate(
     reason = "the error is the HTTP answer itself, built once per refused request"
 )]
 fn anonymous(shared: &Shared, peer: SocketAddr) -> Result<Access, Reply> {
-    if shared.config.allow_anonymous && peer.ip().is_loopback() {
+    let access = shared.access();
+    if access.allow_anonymous && peer.ip().is_loopback() {
         return Ok(Access {
             user: None,
             acl: Acl::new(
-                &shared.config.anonymous_publish_acl,
-                &shared.config.anonymous_read_acl,
+                &access.anonymous_publish_acl,
+                &access.anonymous_read_acl,
                 "anonymous",
                 None,
             ),

@@ -36,7 +36,7 @@ pub mod reply;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -53,6 +53,7 @@ use tokio_rustls::TlsAcceptor;
 pub use config::HttpIngestConfig;
 pub use observe::HttpIngestStats;
 
+use crate::ingest::mqtt::config::UserConfig;
 use crate::ingest::mqtt::gate::Gate;
 use crate::ingest::mqtt::{MqttConfig, MqttStats};
 use crate::ingest::serial::AbortOnDrop;
@@ -81,8 +82,10 @@ pub enum StartError {
 /// What every connection shares.
 pub struct Shared {
     pub config: HttpIngestConfig,
-    /// Its `users` are this listener's users too.
-    pub mqtt: MqttConfig,
+    /// Who may do what: swapped whole by a reload.
+    access: RwLock<Arc<AccessConfig>>,
+    /// The HTTPS listener's certificate (new connections get a reload's).
+    tls: RwLock<Option<TlsAcceptor>>,
     pub log: Arc<Log>,
     pub gate: Gate,
     pub keys: Arc<Keys>,
@@ -90,9 +93,67 @@ pub struct Shared {
     pub shutdown: Shutdown,
 }
 
+/// The reloadable part: `[[mqtt.users]]` (this listener's users too) and
+/// the anonymous access of `[http_ingest]`.
+pub struct AccessConfig {
+    pub users: Vec<UserConfig>,
+    pub allow_anonymous: bool,
+    pub anonymous_publish_acl: Vec<String>,
+    pub anonymous_read_acl: Vec<String>,
+}
+
+impl AccessConfig {
+    fn new(config: &HttpIngestConfig, mqtt: &MqttConfig) -> AccessConfig {
+        AccessConfig {
+            users: mqtt.users.clone(),
+            allow_anonymous: config.allow_anonymous,
+            anonymous_publish_acl: config.anonymous_publish_acl.clone(),
+            anonymous_read_acl: config.anonymous_read_acl.clone(),
+        }
+    }
+}
+
 impl Shared {
     pub fn count(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn access(&self) -> Arc<AccessConfig> {
+        self.access
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A reload: new users, hashes, ACLs and anonymous access at once; a
+    /// new certificate and key (and client CA) for new HTTPS connections.
+    /// Connections and requests under way are not touched.
+    fn apply(&self, config: &HttpIngestConfig, mqtt: &MqttConfig) -> Result<Vec<String>, String> {
+        let mut changes = Vec::new();
+        if let (Some(new_tls), Some(_)) = (&config.tls, self.tls()) {
+            let server =
+                crate::ingest::mqtt::tls::server_config(new_tls).map_err(|e| e.to_string())?;
+            *self
+                .tls
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(TlsAcceptor::from(server));
+            changes.push("http_ingest tls certificate and key (new connections)".into());
+        }
+        *self
+            .access
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(AccessConfig::new(config, mqtt));
+        changes.push("http_ingest users, ACLs and anonymous access".into());
+        Ok(changes)
     }
 }
 
@@ -115,12 +176,17 @@ impl HttpIngestConfig {
 
 struct HttpIngestHandle {
     addresses: Vec<(&'static str, SocketAddr)>,
+    shared: Arc<Shared>,
     _tasks: AbortOnDrop,
 }
 
 impl Running for HttpIngestHandle {
     fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
         self.addresses.clone()
+    }
+
+    fn reload(&self, config: &crate::config::Config) -> Result<Vec<String>, String> {
+        self.shared.apply(&config.http_ingest, &config.mqtt)
     }
 }
 
@@ -153,8 +219,9 @@ async fn start(
     let gate = Gate::new(&source.mqtt, Arc::new(MqttStats::default()));
     let slots = Arc::new(Semaphore::new(source.config.max_connections));
     let shared = Arc::new(Shared {
+        access: RwLock::new(Arc::new(AccessConfig::new(&source.config, &source.mqtt))),
+        tls: RwLock::new(tls.as_ref().map(|(_, c)| TlsAcceptor::from(c.clone()))),
         config: source.config,
-        mqtt: source.mqtt,
         log,
         gate,
         keys: Arc::new(keys),
@@ -163,29 +230,20 @@ async fn start(
     });
     let mut addresses = Vec::new();
     let mut tasks = Vec::new();
-    let listeners = [(shared.config.listen, None)]
+    let listeners = [(shared.config.listen, false)]
         .into_iter()
-        .chain(tls.map(|(addr, config)| (addr, Some(TlsAcceptor::from(config)))));
-    for (addr, acceptor) in listeners {
+        .chain(tls.map(|(addr, _)| (addr, true)));
+    for (addr, https) in listeners {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
         let bound = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
-        let name = if acceptor.is_some() {
-            "https_ingest"
-        } else {
-            "http_ingest"
-        };
+        let name = if https { "https_ingest" } else { "http_ingest" };
         addresses.push((name, bound));
         lock_listening(&shared).push(format!("{name}={bound}"));
-        let task = tokio::spawn(accept_loop(
-            listener,
-            acceptor,
-            shared.clone(),
-            slots.clone(),
-        ));
+        let task = tokio::spawn(accept_loop(listener, https, shared.clone(), slots.clone()));
         tasks.push(task.abort_handle());
     }
     tracing::info!(
@@ -195,6 +253,7 @@ async fn start(
     );
     Ok(HttpIngestHandle {
         addresses,
+        shared,
         _tasks: AbortOnDrop(tasks),
     })
 }
@@ -221,7 +280,7 @@ async fn rebuild_keys(log: &Arc<Log>, config: &HttpIngestConfig) -> Keys {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    https: bool,
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
 ) {
@@ -237,7 +296,9 @@ async fn accept_loop(
             () = shutdown.requested() => return,
         };
         let _ = socket.set_nodelay(true);
-        let (shared, tls) = (shared.clone(), tls.clone());
+        // The certificate the last reload loaded.
+        let tls = if https { shared.tls() } else { None };
+        let shared = shared.clone();
         tokio::spawn(async move {
             Shared::count(&shared.stats.connections_accepted, 1);
             Shared::count(&shared.stats.connections_open, 1);

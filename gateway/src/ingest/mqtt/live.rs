@@ -1,7 +1,7 @@
 //! The settings a reload (SIGHUP) may change while connections stay up:
 //! users, password hashes, ACLs and anonymous access (read at each
-//! CONNECT), the routes (read at each publish) and the TLS certificate and
-//! key (read at each TLS accept). Each is an `Arc` swapped whole, so a
+//! CONNECT), the routes (read at each publish) and the TLS certificates and
+//! keys of `[mqtt.tls]` and `[mqtt.wss]` (read at each TLS accept). Each is an `Arc` swapped whole, so a
 //! connection sees the old or the new settings, never a mix.
 //!
 //! A connection's ACL is fixed at CONNECT. A reload that removes a user or
@@ -25,6 +25,8 @@ pub struct Live {
     auth: RwLock<Arc<MqttConfig>>,
     router: RwLock<Arc<Router>>,
     tls: RwLock<Option<TlsAcceptor>>,
+    /// The same for `[mqtt.wss]`.
+    wss: RwLock<Option<TlsAcceptor>>,
     /// Open connections by number.
     sessions: Mutex<HashMap<u64, Watch>>,
 }
@@ -51,11 +53,17 @@ impl Drop for Watched<'_> {
 }
 
 impl Live {
-    pub fn new(config: &MqttConfig, router: Router, tls: Option<TlsAcceptor>) -> Live {
+    pub fn new(
+        config: &MqttConfig,
+        router: Router,
+        tls: Option<TlsAcceptor>,
+        wss: Option<TlsAcceptor>,
+    ) -> Live {
         Live {
             auth: RwLock::new(Arc::new(config.clone())),
             router: RwLock::new(Arc::new(router)),
             tls: RwLock::new(tls),
+            wss: RwLock::new(wss),
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -72,6 +80,11 @@ impl Live {
     /// The acceptor for a new TLS connection.
     pub fn tls(&self) -> Option<TlsAcceptor> {
         read(&self.tls).clone()
+    }
+
+    /// The acceptor for a new `wss` connection.
+    pub fn wss(&self) -> Option<TlsAcceptor> {
+        read(&self.wss).clone()
     }
 
     /// Registers an authenticated connection, so a reload that revokes or
@@ -94,6 +107,10 @@ impl Live {
             (Some(tls), true) => Some(TlsAcceptor::from(super::tls::server_config(tls)?)),
             _ => None,
         };
+        let wss = match (&new.wss, self.wss().is_some()) {
+            (Some(wss), true) => Some(TlsAcceptor::from(super::tls::server_config(wss)?)),
+            _ => None,
+        };
         let old = self.auth();
         let mut changes = Vec::new();
         let revoked = changed_users(&old, new);
@@ -108,6 +125,10 @@ impl Live {
         if let Some(tls) = tls {
             *write(&self.tls) = Some(tls);
             changes.push("mqtt tls certificate and key (new connections)".into());
+        }
+        if let Some(wss) = wss {
+            *write(&self.wss) = Some(wss);
+            changes.push("mqtt wss certificate and key (new connections)".into());
         }
         *write(&self.router) = Arc::new(router);
         *write(&self.auth) = Arc::new(new.clone());

@@ -286,7 +286,13 @@ pub async fn start(
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let stats = Arc::new(MqttStats::default());
     let acceptor = tls.clone().map(TlsAcceptor::from);
-    let live = Arc::new(live::Live::new(config, router, acceptor));
+    let wss = config.wss.as_ref().map(tls::server_config).transpose()?;
+    let live = Arc::new(live::Live::new(
+        config,
+        router,
+        acceptor,
+        wss.map(TlsAcceptor::from),
+    ));
     let shared = Arc::new(Shared {
         config: config.clone(),
         log: log.clone(),

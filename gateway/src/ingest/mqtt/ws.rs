@@ -97,14 +97,13 @@ pub async fn listen(
     if let Some(addr) = config.ws_listen {
         let listener = super::bind(addr).await?;
         out.ws = listener.local_addr().ok();
-        let task = accept_loop(listener, None, shared.clone(), shutdown.clone());
+        let task = accept_loop(listener, false, shared.clone(), shutdown.clone());
         out.tasks.push(tokio::spawn(task));
     }
     if let Some(wss) = &config.wss {
-        let acceptor = TlsAcceptor::from(super::tls::server_config(wss)?);
         let listener = super::bind(wss.listen).await?;
         out.wss = listener.local_addr().ok();
-        let task = accept_loop(listener, Some(acceptor), shared.clone(), shutdown.clone());
+        let task = accept_loop(listener, true, shared.clone(), shutdown.clone());
         out.tasks.push(tokio::spawn(task));
     }
     Ok(out)
@@ -130,9 +129,11 @@ pub fn anonymous_exposure(config: &MqttConfig) -> Option<String> {
     }
 }
 
+/// `tls`: this listener's connections start with a handshake, under the
+/// certificate the last reload loaded.
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: bool,
     shared: Arc<Shared>,
     mut shutdown: Shutdown,
 ) {
@@ -156,7 +157,8 @@ async fn accept_loop(
         MqttStats::inc(&stats.connections_accepted);
         MqttStats::inc(&stats.connections_open);
         let _ = socket.set_nodelay(true);
-        tokio::spawn(handle_socket(socket, peer, tls.clone(), shared.clone()));
+        let acceptor = if tls { shared.live.wss() } else { None };
+        tokio::spawn(handle_socket(socket, peer, acceptor, shared.clone()));
     }
 }
 
