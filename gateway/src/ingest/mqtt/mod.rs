@@ -392,22 +392,37 @@ async fn accept_loop(
                 return;
             }
         };
-        let stats = &shared.stats;
-        if MqttStats::get(&stats.connections_open) >= shared.max_connections {
-            MqttStats::inc(&stats.connections_rejected);
-            let limit = shared.max_connections;
-            full.warn(
-                "mqtt connection refused",
-                &format_args!("{limit} connections open (max_connections or the descriptor limit); last from {peer}"),
-            );
+        if !admitted(&shared, &socket, peer, &mut full, "mqtt connection refused") {
             continue;
         }
-        MqttStats::inc(&stats.connections_accepted);
-        MqttStats::inc(&stats.connections_open);
-        let _ = socket.set_nodelay(true);
         let acceptor = if tls { shared.live.tls() } else { None };
         tokio::spawn(handle_socket(socket, peer, acceptor, shared.clone()));
     }
+}
+
+/// Whether a new connection fits under `max_connections` (or the
+/// descriptor limit); counted either way. Every listener asks this.
+fn admitted(
+    shared: &Shared,
+    socket: &TcpStream,
+    peer: SocketAddr,
+    full: &mut RateLimitedWarning,
+    refused: &str,
+) -> bool {
+    let stats = &shared.stats;
+    if MqttStats::get(&stats.connections_open) >= shared.max_connections {
+        MqttStats::inc(&stats.connections_rejected);
+        let limit = shared.max_connections;
+        full.warn(
+            refused,
+            &format_args!("{limit} connections open (max_connections or the descriptor limit); last from {peer}"),
+        );
+        return false;
+    }
+    MqttStats::inc(&stats.connections_accepted);
+    MqttStats::inc(&stats.connections_open);
+    let _ = socket.set_nodelay(true);
+    true
 }
 
 async fn handle_socket(

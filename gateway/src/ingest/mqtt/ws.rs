@@ -53,7 +53,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use super::{MqttConfig, MqttStats, Shared, StartError};
+use super::{MqttConfig, Shared, StartError};
 use crate::ingest::Shutdown;
 use crate::net::{Acceptor, RateLimitedWarning};
 
@@ -144,19 +144,15 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
             () = shutdown.requested() => return,
         };
-        let stats = &shared.stats;
-        if MqttStats::get(&stats.connections_open) >= shared.max_connections {
-            MqttStats::inc(&stats.connections_rejected);
-            let limit = shared.max_connections;
-            full.warn(
-                "mqtt websocket connection refused",
-                &format_args!("{limit} connections open (max_connections or the descriptor limit); last from {peer}"),
-            );
+        if !super::admitted(
+            &shared,
+            &socket,
+            peer,
+            &mut full,
+            "mqtt websocket connection refused",
+        ) {
             continue;
         }
-        MqttStats::inc(&stats.connections_accepted);
-        MqttStats::inc(&stats.connections_open);
-        let _ = socket.set_nodelay(true);
         let acceptor = if tls { shared.live.wss() } else { None };
         tokio::spawn(handle_socket(socket, peer, acceptor, shared.clone()));
     }
