@@ -88,20 +88,8 @@ fn wait_ready(child: &mut Child) -> anyhow::Result<String> {
 
 /// `GET path` on the gateway's loopback HTTP port, as JSON.
 pub fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .context("no HTTP body")?;
-    serde_json::from_str(body).with_context(|| format!("GET {path}: not JSON"))
+    let body = crate::observe::get(&addr.to_string(), path)?;
+    serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON"))
 }
 
 #[allow(unsafe_code)] // audited: see the SAFETY comment inside
