@@ -11,6 +11,9 @@
 //! max_auth_checks = 0              # argon2 checks at once; 0 = one per core
 //! max_auth_waiting = 1024          # CONNECTs waiting for a check; more get "server busy"
 //! credential_cache_s = 600         # a verified credential is not re-checked for this long
+//! max_session_expiry_s = 604800     # persistent sessions end this long after their client left
+//! max_persistent_sessions = 1000    # more get CONNACK "quota exceeded" (3.1.1: 0x03)
+//! session_checkpoint_ms = 5000      # session positions saved this often while they move
 //! anonymous_publish_acl = ["devices/{client_id}/#"]  # default: every topic on loopback-only listeners
 //! anonymous_subscribe_acl = ["#"]
 //!
@@ -107,6 +110,15 @@ pub struct MqttConfig {
     /// again (0: check every CONNECT). A changed or removed user is never
     /// let in by it.
     pub credential_cache_s: u64,
+    /// Longest a persistent session (3.1.1 `clean_session = 0`, MQTT 5
+    /// session expiry) outlives its connection; 3.1.1 sessions get this.
+    pub max_session_expiry_s: u32,
+    /// Persistent sessions kept at once; a new one beyond this is refused.
+    pub max_persistent_sessions: usize,
+    /// How often moving session positions are saved (after a crash, QoS 1
+    /// messages delivered since are delivered again; subscriptions and QoS
+    /// 2 state are saved before they are acknowledged).
+    pub session_checkpoint_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +195,9 @@ impl Default for MqttConfig {
             max_auth_checks: 0,
             max_auth_waiting: 1024,
             credential_cache_s: 600,
+            max_session_expiry_s: 7 * 24 * 3600,
+            max_persistent_sessions: 1000,
+            session_checkpoint_ms: 5000,
         }
     }
 }
@@ -211,6 +226,9 @@ impl MqttConfig {
         }
         if self.keep_alive_max_s == 0 {
             return bad("keep_alive_max_s", "must be at least 1".into());
+        }
+        if self.session_checkpoint_ms == 0 {
+            return bad("session_checkpoint_ms", "must be at least 1".into());
         }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > crate::log::MAX_APPEND_BYTES / 2
         {

@@ -21,6 +21,7 @@ use super::auth::{self, AuthFailure, Credentials};
 use super::codec::{self, Out, Version};
 use super::error::ConnError;
 use super::reader::{Ended, Reader};
+use super::session::{self, Lease, SessionError};
 use super::stats::MqttStats;
 use super::will::Will;
 use super::writer::Writer;
@@ -61,6 +62,13 @@ pub struct Session {
     pub will: Option<Will>,
     /// How long the session outlives the connection (0: it ends with it).
     pub session_expiry_s: u32,
+    /// Signalled when a newer connection takes the client id over.
+    pub kick: Arc<tokio::sync::Notify>,
+    /// A persistent (or resumed) session: delivery from the log, state
+    /// saved (`session.rs`). Taken by the writer.
+    pub lease: Option<Lease>,
+    /// The same session's state, for the reader (QoS 2, DISCONNECT).
+    pub state: Option<session::Shared>,
 }
 
 /// Handshake, then serve until the connection ends. `client_id` is filled in
@@ -243,6 +251,33 @@ async fn handshake(
             "will topic not allowed by the ACL",
         ));
     }
+    let requested_expiry = match version {
+        Version::V4 if hello.connect.clean_session => 0,
+        Version::V4 => u32::MAX,
+        Version::V5 => hello
+            .props
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+            .unwrap_or(0),
+    };
+    let expiry_s = requested_expiry.min(shared.sessions.max_expiry_s());
+    let kick = shared.register(&client_id, conn);
+    let acquired = shared
+        .sessions
+        .acquire(&client_id, hello.connect.clean_session, expiry_s)
+        .await;
+    let (lease, present) = match acquired {
+        Ok(taken) => taken,
+        Err(e) => {
+            shared.unregister(&client_id, conn);
+            let code = match e {
+                SessionError::Full(_) => ConnectReturnCode::QuotaExceeded,
+                SessionError::Busy => ConnectReturnCode::ServerBusy,
+            };
+            return Err(refuse(code, &e.to_string()));
+        }
+    };
+    let lease = (expiry_s > 0 || present).then_some(lease);
     let requested_ka = hello.connect.keep_alive;
     let keep_alive_s = match requested_ka {
         0 => config.keep_alive_max_s,
@@ -268,24 +303,27 @@ async fn handshake(
         will: hello
             .will
             .map(|w| Will::from_connect(w, hello.will_props, conn)),
-        session_expiry_s: 0,
+        session_expiry_s: expiry_s,
+        kick,
+        state: lease.as_ref().map(|l| l.state.clone()),
+        lease,
     };
     let connack = Out::ConnAck {
         code: ConnectReturnCode::Success,
-        session_present: false,
+        session_present: present,
         properties: Some(Box::new(connack_properties(
             &session,
             config,
             (keep_alive_s != requested_ka).then_some(keep_alive_s),
             assigned,
-            props.and_then(|p| p.session_expiry_interval).unwrap_or(0) > 0,
+            (version == Version::V5 && requested_expiry > expiry_s).then_some(expiry_s),
         ))),
     };
     Ok((session, connack))
 }
 
-/// Persistent sessions, retained wills and enhanced authentication are not
-/// offered; say so instead of pretending.
+/// Enhanced authentication is not offered (say so instead of pretending),
+/// and a 3.1.1 session needs a client id.
 fn check_session_request(
     hello: &Hello,
     version: Version,
@@ -296,13 +334,6 @@ fn check_session_request(
         return Err((
             ConnectReturnCode::ClientIdentifierNotValid,
             "an empty client id needs clean_session = 1",
-        ));
-    }
-    if version == Version::V4 && !hello.connect.clean_session {
-        // MQTT 3.1.1 has no code for "no persistent sessions": 0x03.
-        return Err((
-            ConnectReturnCode::ServiceUnavailable,
-            "persistent sessions (clean_session = false) are not supported",
         ));
     }
     if hello
@@ -354,10 +385,10 @@ fn connack_properties(
     config: &super::MqttConfig,
     server_keep_alive: Option<u16>,
     assigned_client_identifier: Option<String>,
-    session_expiry_refused: bool,
+    session_expiry_interval: Option<u32>,
 ) -> ConnAckProperties {
     ConnAckProperties {
-        session_expiry_interval: session_expiry_refused.then_some(0),
+        session_expiry_interval,
         receive_max: Some(config.receive_maximum),
         retain_available: Some(1),
         max_packet_size: u32::try_from(session.max_frame_bytes).ok(),
@@ -400,19 +431,27 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Send + Unpin + 'static,
 {
-    let kick = shared.register(&session.client_id, session.conn);
+    let mut session = session;
+    let kick = session.kick.clone();
     let _watched = shared
         .live
         .watch(session.conn, session.username.as_deref(), kick.clone());
     let (fifo_tx, fifo_rx) = mpsc::channel(usize::from(shared.config.receive_maximum));
-    let qos2 = Arc::new(Mutex::new(HashSet::new()));
+    let pending_qos2: HashSet<u16> = session
+        .state
+        .as_ref()
+        .map(|s| session::lock(s).inbound_qos2.iter().copied().collect())
+        .unwrap_or_default();
+    let qos2 = Arc::new(Mutex::new(pending_qos2));
     let qos1_unacked = Arc::new(AtomicUsize::new(0));
+    let lease = session.lease.take();
     let writer = Writer::new(
         wr,
         &session,
         shared.clone(),
         qos2.clone(),
         qos1_unacked.clone(),
+        lease,
     );
     let mut writer = tokio::spawn(writer.run(fifo_rx));
     let mut reader = Reader::new(session, shared.clone(), fifo_tx, qos2, qos1_unacked);

@@ -56,6 +56,8 @@ pub enum ConnError {
     RefusedV4(String),
     #[error("another connection took over client id")]
     TakenOver,
+    #[error("reading the log for a persistent session: {0}")]
+    SessionRead(#[from] crate::log::ReadError),
     #[error("writing to the client timed out")]
     WriteTimeout,
     #[error("the gateway is shutting down")]

@@ -80,6 +80,7 @@ mod codec;
 pub mod config;
 mod connect;
 pub mod error;
+mod feed;
 pub mod gate;
 pub mod live;
 mod message;
@@ -88,6 +89,7 @@ mod reader;
 mod resend;
 mod retain;
 pub mod route;
+mod session;
 pub mod stats;
 pub(crate) mod tls;
 mod will;
@@ -145,6 +147,8 @@ pub struct Shared {
     retained: Arc<retain::Retained>,
     /// QoS 1 records of the log tail at start, to recognise re-sends.
     recent: resend::Recent,
+    /// Persistent sessions (`session.rs`).
+    sessions: Arc<session::Sessions>,
     next_conn: AtomicU64,
     /// `max_connections`, lowered to what the descriptor limit leaves.
     max_connections: u64,
@@ -283,8 +287,15 @@ pub async fn start(
     .await
     .map_err(|e| StartError::Task(e.to_string()))?
     .map_err(|e| StartError::Task(format!("reading the log tail: {e}")))?;
-    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let stats = Arc::new(MqttStats::default());
+    let sessions = tokio::task::spawn_blocking({
+        let (log, stats) = (log.clone(), stats.clone());
+        let (max, n) = (config.max_session_expiry_s, config.max_persistent_sessions);
+        move || session::Sessions::open(&log, max, n, stats)
+    })
+    .await
+    .map_err(|e| StartError::Task(e.to_string()))?;
+    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let acceptor = tls.clone().map(TlsAcceptor::from);
     let wss = config.wss.as_ref().map(tls::server_config).transpose()?;
     let live = Arc::new(live::Live::new(
@@ -304,6 +315,7 @@ pub async fn start(
         wills: will::Delayed::default(),
         retained: Arc::new(retained),
         recent,
+        sessions: sessions.clone(),
         next_conn: AtomicU64::new(1),
         max_connections: connection_budget(config.max_connections as u64),
     });
@@ -312,12 +324,11 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
-    let mut tasks = vec![tokio::spawn(accept_loop(
-        plain,
-        false,
-        shared.clone(),
-        shutdown.clone(),
-    ))];
+    let every = Duration::from_millis(config.session_checkpoint_ms);
+    let mut tasks = vec![
+        tokio::spawn(accept_loop(plain, false, shared.clone(), shutdown.clone())),
+        tokio::spawn(sessions.run(every)),
+    ];
     let ws = ws::listen(config, &shared, &shutdown).await?;
     tasks.extend(ws.tasks);
     let mut tls_addr = None;
@@ -388,6 +399,7 @@ async fn accept_loop(
                 if !tls {
                     let (retained, log) = (shared.retained.clone(), shared.log.clone());
                     let _ = tokio::task::spawn_blocking(move || retained.checkpoint(&log, true)).await;
+                    shared.sessions.write_now().await;
                 }
                 return;
             }

@@ -24,6 +24,8 @@ impl Section for MqttStats {
             "publishes_appended": MqttStats::get(&self.publishes_appended),
             "refused_not_authorized": MqttStats::get(&self.refused_not_authorized),
             "refused_quota": MqttStats::get(&self.refused_quota),
+            "sessions_persistent": MqttStats::get(&self.sessions_persistent),
+            "session_records_missed": MqttStats::get(&self.session_records_missed),
         })
     }
 }
@@ -103,6 +105,21 @@ fn mqtt_metrics(w: &mut MetricsWriter, m: &MqttStats) {
         "tidewell_mqtt_deliveries_too_large_total",
         "Messages not delivered: larger than the subscriber's Maximum Packet Size.",
         MqttStats::get(&m.deliveries_too_large),
+    );
+    w.gauge(
+        "tidewell_mqtt_sessions_persistent",
+        "Persistent MQTT sessions kept now, connected or not.",
+        MqttStats::get(&m.sessions_persistent) as f64,
+    );
+    w.counter(
+        "tidewell_mqtt_sessions_expired_total",
+        "Persistent sessions removed: their client stayed away past the session expiry.",
+        MqttStats::get(&m.sessions_expired),
+    );
+    w.counter(
+        "tidewell_mqtt_session_records_missed_total",
+        "Records a returning persistent session did not get: retention removed them first.",
+        MqttStats::get(&m.session_records_missed),
     );
 }
 

@@ -211,7 +211,9 @@ impl Reader {
                     .await?;
             }
             Packet::PingReq(_) => self.queue(Entry::Send(Box::new(Out::PingResp))).await?,
-            Packet::Disconnect(d, _) => {
+            Packet::Disconnect(d, props) => {
+                let expiry = props.and_then(|p| p.session_expiry_interval);
+                self.set_session_expiry(expiry);
                 return Ok(Some(match d.reason_code {
                     DisconnectReasonCode::DisconnectWithWillMessage => Ended::Abrupt,
                     _ => Ended::Disconnect,
@@ -512,6 +514,20 @@ impl Reader {
             let expiry_s = self.session.session_expiry_s;
             super::will::publish(&self.shared, &self.session.client_id, will, expiry_s);
         }
+    }
+
+    /// MQTT 5 DISCONNECT may change the session expiry, unless CONNECT
+    /// asked for none (then the session ends here, as promised).
+    fn set_session_expiry(&mut self, expiry: Option<u32>) {
+        let (Some(expiry), Some(state)) = (expiry, &self.session.state) else {
+            return;
+        };
+        if self.session.session_expiry_s == 0 {
+            return;
+        }
+        let expiry = expiry.min(self.shared.sessions.max_expiry_s());
+        self.session.session_expiry_s = expiry;
+        super::session::lock(state).expiry_s = expiry;
     }
 
     /// Waits for room in the FIFO: this is the back-pressure on the client.

@@ -43,6 +43,14 @@ pub struct MqttStats {
     /// Messages not delivered because they exceed the subscriber's Maximum
     /// Packet Size (MQTT 5 says to drop them).
     pub deliveries_too_large: AtomicU64,
+    /// Persistent sessions kept now (connected or not).
+    pub sessions_persistent: AtomicU64,
+    /// Persistent sessions removed because their client stayed away longer
+    /// than their expiry.
+    pub sessions_expired: AtomicU64,
+    /// Records a returning persistent session did not get: retention
+    /// removed them first.
+    pub session_records_missed: AtomicU64,
     /// Password checks: run, cached, throttled, refused as busy.
     pub gate: GateStats,
 }

@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 use super::codec::{self, Delivery, Out, Reason, Version};
 use super::connect::{Session, WRITE_TIMEOUT};
 use super::error::ConnError;
+use super::feed::{self, Feed, Item};
 use super::message::Live;
+use super::session::{self, Lease, Outbound, SavedSub};
 use super::stats::MqttStats;
 use super::Shared;
 use crate::log::{self, AppendError, AppendTicket, Appended};
@@ -139,6 +141,14 @@ pub struct Writer<W> {
     /// The client's Maximum Packet Size: larger deliveries are dropped.
     max_packet: usize,
     next_pkid: u16,
+    /// A persistent session: its state, and delivery from the log.
+    persistent: Option<Persistent>,
+}
+
+/// What a writer of a persistent session holds (see `session.rs`).
+struct Persistent {
+    lease: Lease,
+    feed: Feed,
 }
 
 impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
@@ -148,7 +158,16 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         shared: Arc<Shared>,
         qos2: Arc<Mutex<HashSet<u16>>>,
         qos1_unacked: Arc<AtomicUsize>,
+        lease: Option<Lease>,
     ) -> Self {
+        let persistent = lease.map(|lease| Persistent {
+            feed: Feed::new(
+                shared.log.clone(),
+                shared.sessions.clone(),
+                &session.client_id,
+            ),
+            lease,
+        });
         Writer {
             wr,
             buf: BytesMut::new(),
@@ -165,26 +184,37 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             max_inflight: usize::from(session.client_receive_max),
             max_packet: session.client_max_packet,
             next_pkid: 1,
+            persistent,
         }
     }
 
     /// Runs until the reader closes the FIFO (then drains it) or a write fails.
-    pub async fn run(mut self, mut fifo: mpsc::Receiver<Entry>) -> Result<(), ConnError> {
+    pub async fn run(mut self, fifo: mpsc::Receiver<Entry>) -> Result<(), ConnError> {
+        let result = self.serve(fifo).await;
+        self.keep_session_state();
+        result
+    }
+
+    async fn serve(&mut self, mut fifo: mpsc::Receiver<Entry>) -> Result<(), ConnError> {
+        self.resume_session()?;
         loop {
             self.pay_backlog()?;
             if fifo.is_empty() {
                 self.flush().await?;
             }
-            let can_deliver = self.live.is_some()
-                && self.backlog.is_empty()
-                && self.inflight.len() < self.max_inflight;
+            let room = self.backlog.is_empty() && self.inflight.len() < self.max_inflight;
+            let from_hub = room && self.live.is_some();
+            let from_log = room && !self.subs.is_empty();
             tokio::select! {
                 biased;
                 entry = fifo.recv() => match entry {
                     Some(entry) => self.handle(entry).await?,
                     None => break,
                 },
-                live = next_live(self.live.as_mut()), if can_deliver => self.deliver(live)?,
+                live = next_live(self.live.as_mut()), if from_hub => self.deliver(live)?,
+                item = next_item(self.persistent.as_mut()), if from_log => {
+                    self.deliver_item(item?).await?;
+                }
             }
         }
         self.flush().await?;
@@ -221,14 +251,16 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             }
             Entry::Subscribe(subscribe) => {
                 let (granted, suback) = *subscribe;
-                self.encode(suback)?;
+                let first = self.subs.is_empty();
                 for sub in granted {
                     let existed = self.subs.iter().any(|s| s.filter == sub.filter);
                     self.subs.retain(|s| s.filter != sub.filter);
                     self.owe_retained(&sub, existed);
                     self.subs.push(sub);
                 }
-                if self.live.is_none() && !self.subs.is_empty() {
+                self.save_subscriptions(first).await;
+                self.encode(suback)?;
+                if self.live.is_none() && self.persistent.is_none() && !self.subs.is_empty() {
                     self.live = Some(self.shared.hub.subscribe());
                 }
                 Ok(())
@@ -239,14 +271,25 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 if self.subs.is_empty() {
                     self.live = None;
                 }
+                self.save_subscriptions(false).await;
                 self.encode(unsuback)
             }
             Entry::Delivered(pkid) => {
                 self.inflight.remove(&pkid);
+                if let Some(p) = &self.persistent {
+                    if session::lock(&p.lease.state)
+                        .inflight
+                        .remove(&pkid)
+                        .is_some()
+                    {
+                        self.shared.sessions.touch();
+                    }
+                }
                 Ok(())
             }
             Entry::Received(pkid) => {
                 if self.inflight.get(&pkid) == Some(&2) {
+                    self.released(pkid).await;
                     self.encode(Out::PubRel(pkid))?;
                 }
                 Ok(())
@@ -367,13 +410,19 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 return Ok(());
             }
         };
-        let Ok(topic) = std::str::from_utf8(&live.topic) else {
+        let Some((qos, retain, ids)) = self.matching(&live, live.origin == self.conn) else {
             return Ok(());
         };
+        self.send_message(&live, qos, retain, &ids)
+    }
+
+    /// The QoS, retain flag and subscription identifiers a message gets
+    /// here, if a subscription matches it.
+    fn matching(&self, live: &Live, own: bool) -> Option<(u8, bool, Vec<usize>)> {
+        let topic = std::str::from_utf8(&live.topic).ok()?;
         let mut granted = None;
         let mut retain = false;
         let mut ids = Vec::new();
-        let own = live.origin == self.conn;
         for s in &self.subs {
             if !(s.no_local && own) && matches(topic, &s.filter) {
                 granted = granted.max(Some(s.qos));
@@ -381,10 +430,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 ids.extend(s.id);
             }
         }
-        let Some(granted) = granted else {
-            return Ok(());
-        };
-        self.send_message(&live, granted.min(live.qos), retain, &ids)
+        Some((granted?.min(live.qos), retain, ids))
     }
 
     /// Encodes one delivery, unless it expired or exceeds the client's
@@ -396,12 +442,25 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         retain: bool,
         ids: &[usize],
     ) -> Result<(), ConnError> {
-        let now = log::now_ms();
-        if live.expired(now) {
+        if live.expired(log::now_ms()) {
             MqttStats::inc(&self.shared.stats.deliveries_expired);
             return Ok(());
         }
         let pkid = if qos == 0 { 0 } else { self.take_pkid(qos) };
+        self.send_with(live, qos, pkid, (retain, false), ids)?;
+        Ok(())
+    }
+
+    /// Encodes one delivery with `pkid`; whether it went out (not over the
+    /// client's Maximum Packet Size). `flags`: retain, dup.
+    fn send_with(
+        &mut self,
+        live: &Live,
+        qos: u8,
+        pkid: u16,
+        (retain, dup): (bool, bool),
+        ids: &[usize],
+    ) -> Result<bool, ConnError> {
         let before = self.buf.len();
         self.encode(Out::Publish(Box::new(Delivery {
             topic: live.topic.clone(),
@@ -409,17 +468,132 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             qos,
             pkid,
             retain,
-            dup: false,
-            properties: live.publish_properties(now, ids),
+            dup,
+            properties: live.publish_properties(log::now_ms(), ids),
         })))?;
         if self.buf.len() - before > self.max_packet {
             self.buf.truncate(before);
             self.inflight.remove(&pkid);
             MqttStats::inc(&self.shared.stats.deliveries_too_large);
-            return Ok(());
+            return Ok(false);
         }
         MqttStats::inc(&self.shared.stats.deliveries);
+        Ok(true)
+    }
+
+    /// A returning persistent session: its subscriptions back, and the
+    /// deliveries the client had not finished sent again (MQTT: PUBLISH
+    /// with DUP = 1 under the same packet id, or PUBREL once released).
+    fn resume_session(&mut self) -> Result<(), ConnError> {
+        let Some(p) = &self.persistent else {
+            return Ok(());
+        };
+        let state = p.lease.state.clone();
+        let (subs, inflight) = {
+            let s = session::lock(&state);
+            (s.subs.clone(), s.inflight.clone())
+        };
+        self.subs = subs.iter().map(SavedSub::to_sub).collect();
+        let mut gone = Vec::new();
+        for o in inflight.values() {
+            self.inflight.insert(o.pkid, o.qos);
+            if o.released {
+                self.encode(Out::PubRel(o.pkid))?;
+                continue;
+            }
+            let at = crate::log::Partition(o.partition);
+            match feed::message_at(&self.shared.log, &o.topic, at, o.offset) {
+                Some(m) => {
+                    self.send_with(&m, o.qos, o.pkid, (o.retain, true), &o.sub_ids)?;
+                }
+                None => gone.push(o.pkid),
+            }
+        }
+        if !gone.is_empty() {
+            let mut s = session::lock(&state);
+            for pkid in &gone {
+                s.inflight.remove(pkid);
+                self.inflight.remove(pkid);
+            }
+            let n = gone.len() as u64;
+            MqttStats::add(&self.shared.stats.session_records_missed, n);
+        }
         Ok(())
+    }
+
+    /// Saves what the session keeps of this connection (its QoS 2 publishes
+    /// awaiting PUBREL) before the lease is let go.
+    fn keep_session_state(&mut self) {
+        if let Some(p) = &self.persistent {
+            let pending: Vec<u16> = self.qos2_lock().iter().copied().collect();
+            session::lock(&p.lease.state).inbound_qos2 = pending;
+        }
+    }
+
+    /// One record after the session's cursors: sent if a subscription
+    /// matches, the cursor moved past it either way. A QoS 2 delivery is
+    /// saved before it goes out, so a crash re-sends the same packet id.
+    async fn deliver_item(&mut self, item: Item) -> Result<(), ConnError> {
+        let Some(p) = &self.persistent else {
+            return Ok(());
+        };
+        let state = p.lease.state.clone();
+        let wanted = item
+            .message
+            .as_ref()
+            .filter(|m| !m.expired(log::now_ms()))
+            .and_then(|m| Some((m.clone(), self.matching(m, item.own)?)));
+        let Some((message, (qos, retain, ids))) = wanted else {
+            feed::passed(&mut session::lock(&state), &item);
+            self.shared.sessions.touch();
+            return Ok(());
+        };
+        let pkid = if qos == 0 { 0 } else { self.take_pkid(qos) };
+        {
+            let mut s = session::lock(&state);
+            feed::passed(&mut s, &item);
+            if qos > 0 {
+                s.inflight
+                    .insert(pkid, outbound(&item, pkid, qos, retain, &ids));
+            }
+        }
+        if qos == 2 {
+            self.shared.sessions.persist().await;
+        } else {
+            self.shared.sessions.touch();
+        }
+        if !self.send_with(&message, qos, pkid, (retain, false), &ids)? {
+            session::lock(&state).inflight.remove(&pkid);
+        }
+        Ok(())
+    }
+
+    /// A persistent session's subscriptions are on disk before the client
+    /// hears of them; `first`: the session starts at the log's end.
+    async fn save_subscriptions(&mut self, first: bool) {
+        let Some(p) = &self.persistent else {
+            return;
+        };
+        {
+            let mut s = session::lock(&p.lease.state);
+            if first && s.subs.is_empty() {
+                s.start_at_end(&self.shared.log);
+            }
+            s.subs = self.subs.iter().map(SavedSub::from_sub).collect();
+        }
+        self.shared.sessions.persist().await;
+    }
+
+    /// QoS 2: the client has our message; its release is on disk before
+    /// PUBREL goes out.
+    async fn released(&mut self, pkid: u16) {
+        let Some(p) = &self.persistent else {
+            return;
+        };
+        if let Some(o) = session::lock(&p.lease.state).inflight.get_mut(&pkid) {
+            o.released = true;
+        }
+        self.shared.sessions.persist().await;
     }
 
     fn take_pkid(&mut self, qos: u8) -> u16 {
@@ -469,12 +643,33 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
     }
 }
 
+fn outbound(item: &Item, pkid: u16, qos: u8, retain: bool, ids: &[usize]) -> Outbound {
+    Outbound {
+        pkid,
+        topic: item.topic.to_string(),
+        partition: item.partition.0,
+        offset: item.offset,
+        qos,
+        sub_ids: ids.to_vec(),
+        retain,
+        released: false,
+    }
+}
+
 /// The ticket's result if it has one already (polled with a no-op waker).
 fn ready_now(ticket: &mut AppendTicket) -> Option<Result<Appended, AppendError>> {
     let mut cx = Context::from_waker(Waker::noop());
     match Pin::new(ticket).poll(&mut cx) {
         Poll::Ready(result) => Some(result),
         Poll::Pending => None,
+    }
+}
+
+/// The next record after a persistent session's cursors.
+async fn next_item(p: Option<&mut Persistent>) -> Result<Item, ConnError> {
+    match p {
+        Some(p) => Ok(p.feed.next(&p.lease.state).await?),
+        None => std::future::pending().await,
     }
 }
 
