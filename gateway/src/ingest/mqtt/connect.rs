@@ -396,7 +396,7 @@ fn connack_properties(
         wildcard_subscription_available: Some(1),
         topic_alias_max: Some(TOPIC_ALIAS_MAX),
         subscription_identifiers_available: Some(1),
-        shared_subscription_available: Some(0),
+        shared_subscription_available: Some(1),
         server_keep_alive,
         ..ConnAckProperties::default()
     }

@@ -18,6 +18,8 @@
 //! | `mqtt.message_expiry_s` | MQTT 5 message expiry interval, counted from the record's timestamp |
 //! | `mqtt.user.NAME` | one per MQTT 5 user property |
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use rumqttd::protocol::PublishProperties;
 
@@ -62,6 +64,9 @@ pub struct Live {
     /// The publishing connection (for MQTT 5 "no local"); 0 when read back
     /// from the log.
     pub origin: u64,
+    /// Shared subscriptions it matched, and the member connection each
+    /// picked (`shares.rs`); set as it goes to the live subscribers.
+    pub shared_to: Vec<(Arc<str>, u64)>,
 }
 
 impl Live {
@@ -147,6 +152,7 @@ impl Live {
             props: Props::default(),
             received_ms: record.timestamp_ms,
             origin: 0,
+            shared_to: Vec::new(),
         };
         let mut has_topic = false;
         for (name, value) in &record.headers {
@@ -196,6 +202,7 @@ mod tests {
             },
             received_ms: 1_000,
             origin: 0,
+            shared_to: Vec::new(),
         };
         let record = live.record("c1", 7, None);
         assert!(record
@@ -219,6 +226,7 @@ mod tests {
             },
             received_ms: 0,
             origin: 0,
+            shared_to: Vec::new(),
         };
         let sent = live.publish_properties(4_500, &[]).unwrap();
         assert_eq!(sent.message_expiry_interval, Some(6));

@@ -90,6 +90,7 @@ mod resend;
 mod retain;
 pub mod route;
 mod session;
+mod shares;
 pub mod stats;
 pub(crate) mod tls;
 mod will;
@@ -149,6 +150,8 @@ pub struct Shared {
     recent: resend::Recent,
     /// Persistent sessions (`session.rs`).
     sessions: Arc<session::Sessions>,
+    /// Shared subscriptions (`shares.rs`).
+    shares: shares::Shares,
     next_conn: AtomicU64,
     /// `max_connections`, lowered to what the descriptor limit leaves.
     max_connections: u64,
@@ -161,12 +164,13 @@ impl Shared {
 
     /// A message is durable in the log: hand it to the retained set (if
     /// retained) and to the live subscribers.
-    fn durable(&self, message: Live) {
+    fn durable(&self, mut message: Live) {
         if message.retain && self.retained.apply(&message) {
             let (retained, log) = (self.retained.clone(), self.log.clone());
             tokio::task::spawn_blocking(move || retained.checkpoint(&log, false));
         }
         if self.hub.receiver_count() > 0 {
+            message.shared_to = self.shares.pick(&message.topic);
             let _ = self.hub.send(Arc::new(message));
         }
     }
@@ -316,6 +320,7 @@ pub async fn start(
         retained: Arc::new(retained),
         recent,
         sessions: sessions.clone(),
+        shares: shares::Shares::default(),
         next_conn: AtomicU64::new(1),
         max_connections: connection_budget(config.max_connections as u64),
     });

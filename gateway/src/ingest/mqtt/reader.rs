@@ -276,6 +276,7 @@ impl Reader {
             props: props.as_ref().map(Props::from_publish).unwrap_or_default(),
             received_ms: log::now_ms(),
             origin: self.session.conn,
+            shared_to: Vec::new(),
         };
         let record = message.record(&self.session.client_id, meta.pkid, dest.key);
         let full = |b: &Batch| {
@@ -482,11 +483,14 @@ impl Reader {
         let mut granted = Vec::new();
         for filter in subscribe.filters {
             let path = filter.path;
-            let code = if !valid_filter(&path) {
+            let topic_filter = match super::shares::parse(&path) {
+                None => Some(path.as_str()),
+                Some(Ok((_, f))) => Some(f),
+                Some(Err(_)) => None,
+            };
+            let code = if !topic_filter.is_some_and(valid_filter) {
                 SubscribeReasonCode::TopicFilterInvalid
-            } else if path.starts_with("$share/") {
-                SubscribeReasonCode::SharedSubscriptionsNotSupported
-            } else if !self.session.acl.may_subscribe(&path) {
+            } else if !topic_filter.is_some_and(|f| self.session.acl.may_subscribe(f)) {
                 MqttStats::inc(&self.shared.stats.refused_not_authorized);
                 SubscribeReasonCode::NotAuthorized
             } else {

@@ -260,6 +260,7 @@ fn set(topics: &mut BTreeMap<Bytes, Arc<Live>>, message: &Live) {
     } else {
         let mut m = message.clone();
         m.origin = 0;
+        m.shared_to.clear();
         topics.insert(m.topic.clone(), Arc::new(m));
     }
 }
@@ -354,6 +355,7 @@ mod tests {
             },
             received_ms: 42,
             origin: 7,
+            shared_to: Vec::new(),
         };
         let ends = vec![("ingest".to_string(), 0, 17)];
         let (offsets, messages) = decode(&encode(&ends, &[Arc::new(m.clone())])).unwrap();
@@ -375,6 +377,7 @@ mod tests {
             props: Props::default(),
             received_ms: ms,
             origin: 0,
+            shared_to: Vec::new(),
         };
         set(&mut topics, &at(2, b"new"));
         set(&mut topics, &at(1, b"old"));

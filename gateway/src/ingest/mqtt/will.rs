@@ -55,6 +55,7 @@ impl Will {
                 },
                 received_ms: 0,
                 origin: conn,
+                shared_to: Vec::new(),
             },
             delay_s: props.delay_interval.unwrap_or(0),
         }

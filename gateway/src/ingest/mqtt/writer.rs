@@ -22,6 +22,7 @@ use super::error::ConnError;
 use super::feed::{self, Feed, Item};
 use super::message::Live;
 use super::session::{self, Lease, Outbound, SavedSub};
+use super::shares;
 use super::stats::MqttStats;
 use super::Shared;
 use crate::log::{self, AppendError, AppendTicket, Appended};
@@ -92,6 +93,16 @@ pub struct Sub {
     pub retained: RetainForwardRule,
     /// MQTT 5 subscription identifier, sent with each matching message.
     pub id: Option<usize>,
+}
+
+/// Which subscriptions a message is matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    All,
+    /// Shared subscriptions only (a persistent session's hub messages).
+    Shared,
+    /// All but the shared ones (a persistent session's log records).
+    NotShared,
 }
 
 /// A retained message owed to one subscription.
@@ -191,6 +202,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
     /// Runs until the reader closes the FIFO (then drains it) or a write fails.
     pub async fn run(mut self, fifo: mpsc::Receiver<Entry>) -> Result<(), ConnError> {
         let result = self.serve(fifo).await;
+        self.shared.shares.leave(None, self.conn);
         self.keep_session_state();
         result
     }
@@ -253,6 +265,9 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 let (granted, suback) = *subscribe;
                 let first = self.subs.is_empty();
                 for sub in granted {
+                    if shares::parse(&sub.filter).is_some() {
+                        self.shared.shares.join(&sub.filter, self.conn);
+                    }
                     let existed = self.subs.iter().any(|s| s.filter == sub.filter);
                     self.subs.retain(|s| s.filter != sub.filter);
                     self.owe_retained(&sub, existed);
@@ -260,14 +275,15 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 }
                 self.save_subscriptions(first).await;
                 self.encode(suback)?;
-                if self.live.is_none() && self.persistent.is_none() && !self.subs.is_empty() {
-                    self.live = Some(self.shared.hub.subscribe());
-                }
+                self.follow_hub();
                 Ok(())
             }
             Entry::Unsubscribe(unsubscribe) => {
                 let (filters, unsuback) = *unsubscribe;
                 self.subs.retain(|s| !filters.contains(&s.filter));
+                for f in &filters {
+                    self.shared.shares.leave(Some(f), self.conn);
+                }
                 if self.subs.is_empty() {
                     self.live = None;
                 }
@@ -410,21 +426,42 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 return Ok(());
             }
         };
-        let Some((qos, retain, ids)) = self.matching(&live, live.origin == self.conn) else {
+        // A persistent session gets only its shared subscriptions' messages
+        // from the hub; the rest come from the log.
+        let which = if self.persistent.is_some() {
+            Which::Shared
+        } else {
+            Which::All
+        };
+        let matched = self.matching(&live, live.origin == self.conn, which);
+        let Some((qos, retain, ids)) = matched else {
             return Ok(());
         };
         self.send_message(&live, qos, retain, &ids)
     }
 
     /// The QoS, retain flag and subscription identifiers a message gets
-    /// here, if a subscription matches it.
-    fn matching(&self, live: &Live, own: bool) -> Option<(u8, bool, Vec<usize>)> {
+    /// here, if a subscription matches it (a shared one only if the message
+    /// was picked for this connection).
+    fn matching(&self, live: &Live, own: bool, which: Which) -> Option<(u8, bool, Vec<usize>)> {
         let topic = std::str::from_utf8(&live.topic).ok()?;
         let mut granted = None;
         let mut retain = false;
         let mut ids = Vec::new();
         for s in &self.subs {
-            if !(s.no_local && own) && matches(topic, &s.filter) {
+            let hit = match shares::parse(&s.filter) {
+                None => which != Which::Shared && matches(topic, &s.filter),
+                Some(Ok((_, f))) => {
+                    which != Which::NotShared
+                        && matches(topic, f)
+                        && live
+                            .shared_to
+                            .iter()
+                            .any(|(g, c)| **g == *s.filter && *c == self.conn)
+                }
+                Some(Err(_)) => false,
+            };
+            if hit && !(s.no_local && own) {
                 granted = granted.max(Some(s.qos));
                 retain |= s.retain_as_published && live.retain;
                 ids.extend(s.id);
@@ -494,6 +531,14 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             (s.subs.clone(), s.inflight.clone())
         };
         self.subs = subs.iter().map(SavedSub::to_sub).collect();
+        for s in self
+            .subs
+            .iter()
+            .filter(|s| shares::parse(&s.filter).is_some())
+        {
+            self.shared.shares.join(&s.filter, self.conn);
+        }
+        self.follow_hub();
         let mut gone = Vec::new();
         for o in inflight.values() {
             self.inflight.insert(o.pkid, o.qos);
@@ -521,6 +566,18 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         Ok(())
     }
 
+    /// Receives live messages from the hub when a subscription needs them:
+    /// every one of a clean session, the shared ones of a persistent one.
+    fn follow_hub(&mut self) {
+        let needed = match self.persistent {
+            None => !self.subs.is_empty(),
+            Some(_) => self.subs.iter().any(|s| shares::parse(&s.filter).is_some()),
+        };
+        if needed && self.live.is_none() {
+            self.live = Some(self.shared.hub.subscribe());
+        }
+    }
+
     /// Saves what the session keeps of this connection (its QoS 2 publishes
     /// awaiting PUBREL) before the lease is let go.
     fn keep_session_state(&mut self) {
@@ -542,7 +599,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             .message
             .as_ref()
             .filter(|m| !m.expired(log::now_ms()))
-            .and_then(|m| Some((m.clone(), self.matching(m, item.own)?)));
+            .and_then(|m| Some((m.clone(), self.matching(m, item.own, Which::NotShared)?)));
         let Some((message, (qos, retain, ids))) = wanted else {
             feed::passed(&mut session::lock(&state), &item);
             self.shared.sessions.touch();
