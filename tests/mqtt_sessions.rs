@@ -3,7 +3,8 @@
 //! `clean_session = 0` and checks `session_present`, offline messages
 //! delivered from the log after the gateway was SIGKILLed, QoS 2 offline
 //! delivery exactly once, a clean session discarding the old one, MQTT 5
-//! session expiry, and `mosquitto_sub -c` (a persistent QoS 1 subscriber).
+//! session expiry, `mosquitto_sub -c` (a persistent QoS 1 subscriber), and a
+//! shared subscription split between two instances of an app.
 
 // A test that cannot go on fails: unwrap is how it says so.
 #![allow(clippy::unwrap_used)]
@@ -316,4 +317,31 @@ fn mosquitto_sub_with_a_persistent_session_gets_the_backlog() {
         names("r", 0..1500),
         "more than Mosquitto's 1,000 queued"
     );
+}
+
+#[test]
+fn two_instances_of_an_app_split_a_shared_subscription() {
+    let dir = harness::temp_dir();
+    let gateway = Gateway::start(dir.path(), &config(dir.path()));
+    let (a, mut conn_a, _) = connect(gateway.mqtt(), "worker-a", true);
+    let (b, mut conn_b, _) = connect(gateway.mqtt(), "worker-b", true);
+    subscribe(&a, &mut conn_a, "$share/workers/jobs/#", QoS::AtLeastOnce);
+    subscribe(&b, &mut conn_b, "$share/workers/jobs/#", QoS::AtLeastOnce);
+    publish(gateway.port(), "jobs/resize", "j", 0..100, 1);
+    // Round robin over two members: 50 each.
+    let got_a = receive(&mut conn_a, 50);
+    let got_b = receive(&mut conn_b, 50);
+    let mut all: Vec<String> = got_a.iter().chain(&got_b).map(|m| m.0.clone()).collect();
+    all.sort_by_key(|p| p[2..].parse::<usize>().unwrap());
+    assert_eq!(
+        all,
+        names("j", 0..100),
+        "each message to exactly one member"
+    );
+    // One member leaves: the other gets everything.
+    disconnect(&b, &mut conn_b);
+    publish(gateway.port(), "jobs/resize", "k", 0..10, 1);
+    let got: Vec<String> = receive(&mut conn_a, 10).into_iter().map(|m| m.0).collect();
+    assert_eq!(got, names("k", 0..10));
+    disconnect(&a, &mut conn_a);
 }
