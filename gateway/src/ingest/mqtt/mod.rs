@@ -35,8 +35,21 @@
 //!
 //! Per connection, the packet ids whose PUBLISH was appended and whose
 //! PUBREL has not arrived are kept; a re-sent PUBLISH with such an id gets
-//! its PUBREC again but is not appended again. Persistent sessions are not
-//! offered yet, so this state lives and dies with the connection.
+//! its PUBREC again but is not appended again. A persistent session keeps
+//! them from one connection to the next (saved when a connection ends, so
+//! not across a gateway crash: a QoS 2 re-send after a crash whose PUBREC
+//! was lost is appended again).
+//!
+//! # Sessions (`session.rs`, `feed.rs`, `shares.rs`)
+//!
+//! A clean session's subscriptions get live messages from the hub, an
+//! in-memory broadcast of durable messages. A persistent session (3.1.1
+//! `clean_session = 0`, MQTT 5 session expiry) is a set of subscriptions
+//! and a cursor per log partition, saved in `@mqtt/sessions`; its writer
+//! reads the log from its cursors, so what it missed while away (or while
+//! slower than the hub) comes from the log, in offset order per partition,
+//! bounded by retention, not by memory. Shared subscriptions
+//! (`$share/{group}/{filter}`) split live messages among their members.
 //!
 //! # Messages, retained messages, wills (`message.rs`, `retain.rs`, `will.rs`)
 //!
@@ -60,12 +73,10 @@
 //! 32), 0x93 (more unacknowledged QoS 1/2 publishes than `receive_maximum`).
 //! MQTT 3.1.1 has no negative acknowledgement: the connection is closed.
 //! Deliveries over the subscriber's Maximum Packet Size, or past their
-//! message expiry, are not sent (counted). Not offered yet, and refused
-//! rather than pretended: persistent sessions (3.1.1 `clean_session = false`
-//! gets CONNACK 0x03, 0x02 with an empty client id; MQTT 5 is told
-//! `session_expiry_interval = 0` in CONNACK), shared subscriptions (SUBACK
-//! 0x9E). Live delivery is from memory: a subscriber more than 256 records
-//! behind misses records (counted in `deliveries_lagged`).
+//! message expiry, are not sent (counted). A new persistent session beyond
+//! `max_persistent_sessions` gets CONNACK 0x97 (3.1.1: 0x03). Live delivery
+//! to clean sessions is from memory: a clean subscriber more than 256
+//! records behind misses records (counted in `deliveries_lagged`).
 //!
 //! # Bounded under abuse
 //!
