@@ -2,7 +2,8 @@
 //! real binary: wills reach live subscribers (on an abrupt end only, short
 //! MQTT 5 DISCONNECTs included), MQTT 5 message properties are forwarded
 //! and kept in the log, the client's Maximum Packet Size is honoured, topic
-//! aliases and Receive Maximum are enforced with their reason codes, a
+//! aliases and Receive Maximum are enforced with their reason codes, topic
+//! aliases are set up toward subscribers that allow them, a
 //! 3.1.1 empty client id without a clean session gets 0x02, the advertised
 //! maximum packet size is what is accepted, and loopback-only defaults let
 //! anonymous clients publish to any topic.
@@ -429,4 +430,62 @@ fn a_qos1_resend_after_a_crash_is_acked_without_a_second_append() {
         .collect();
     assert_eq!(payloads, ["reading-1", "reading-2"]);
     assert_eq!(gateway.metric("tidewell_mqtt_qos1_resends_total"), 1.0);
+}
+
+/// The topic of an MQTT 5 QoS 0 PUBLISH body, and its Topic Alias (0x23).
+fn topic_and_alias(body: &[u8]) -> (Vec<u8>, Option<u16>) {
+    let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let topic = body[2..2 + len].to_vec();
+    let (props_len, at) = (usize::from(body[2 + len]), 3 + len);
+    let props = &body[at..at + props_len];
+    let alias = props
+        .windows(3)
+        .find(|w| w[0] == 0x23)
+        .map(|w| u16::from_be_bytes([w[1], w[2]]));
+    (topic, alias)
+}
+
+#[test]
+fn deliveries_use_topic_aliases_when_the_subscriber_allows_them() {
+    let dir = harness::temp_dir();
+    let gateway = Gateway::start(dir.path(), &config(dir.path()));
+    let addr = gateway.mqtt();
+    // Topic Alias Maximum 4 in CONNECT.
+    let (mut sub, _) = raw::connected(addr, &raw::connect(5, "aliased", true, &[0x22, 0, 4], None));
+    let mut body = vec![0, 1, 0];
+    raw::string(b"alias/#", &mut body);
+    body.push(0);
+    raw::send(&mut sub, &raw::frame(0x82, &body));
+    assert_eq!(raw::read_frame(&mut sub).unwrap().0, 0x90, "SUBACK");
+    let (mut publisher, _) = raw::connected(addr, &raw::connect(4, "pub", true, &[], None));
+    for topic in ["alias/a", "alias/a", "alias/b", "alias/a"] {
+        raw::send(&mut publisher, &raw::publish_v4(topic, 0, 0, false, b"x"));
+    }
+    let got: Vec<(Vec<u8>, Option<u16>)> = (0..4)
+        .map(|_| {
+            let (header, body) = raw::read_frame(&mut sub).unwrap();
+            assert_eq!(header & 0xF0, 0x30, "PUBLISH");
+            topic_and_alias(&body)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (b"alias/a".to_vec(), Some(1)),
+            (Vec::new(), Some(1)),
+            (b"alias/b".to_vec(), Some(2)),
+            (Vec::new(), Some(1)),
+        ],
+        "the topic once, then the alias alone"
+    );
+    // Without a Topic Alias Maximum, no aliases.
+    let (mut plain, _) = raw::connected(addr, &raw::connect(5, "plain", true, &[], None));
+    raw::send(&mut plain, &raw::frame(0x82, &body));
+    assert_eq!(raw::read_frame(&mut plain).unwrap().0, 0x90);
+    raw::send(
+        &mut publisher,
+        &raw::publish_v4("alias/a", 0, 0, false, b"x"),
+    );
+    let (_, body) = raw::read_frame(&mut plain).unwrap();
+    assert_eq!(topic_and_alias(&body), (b"alias/a".to_vec(), None));
 }

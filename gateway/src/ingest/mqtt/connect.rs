@@ -58,6 +58,9 @@ pub struct Session {
     pub client_max_packet: usize,
     /// QoS 1 deliveries we may have unacknowledged toward this client.
     pub client_receive_max: u16,
+    /// Topic aliases we may set up toward this MQTT 5 client (its Topic
+    /// Alias Maximum, capped at ours).
+    pub client_alias_max: u16,
     /// Published if the connection ends without a normal DISCONNECT.
     pub will: Option<Will>,
     /// How long the session outlives the connection (0: it ends with it).
@@ -300,6 +303,10 @@ async fn handshake(
             .and_then(|p| p.receive_maximum)
             .unwrap_or(config.receive_maximum)
             .max(1),
+        client_alias_max: props
+            .and_then(|p| p.topic_alias_max)
+            .unwrap_or(0)
+            .min(TOPIC_ALIAS_MAX),
         will: hello
             .will
             .map(|w| Will::from_connect(w, hello.will_props, conn)),

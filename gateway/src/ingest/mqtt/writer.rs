@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use bytes::BytesMut;
-use rumqttd::protocol::{matches, DisconnectReasonCode, RetainForwardRule};
+use bytes::{Bytes, BytesMut};
+use rumqttd::protocol::{matches, DisconnectReasonCode, PublishProperties, RetainForwardRule};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
@@ -154,6 +154,10 @@ pub struct Writer<W> {
     next_pkid: u16,
     /// A persistent session: its state, and delivery from the log.
     persistent: Option<Persistent>,
+    /// Topic aliases set up toward the client (MQTT 5), at most `alias_max`:
+    /// the first topics delivered get one and keep it.
+    aliases: HashMap<Bytes, u16>,
+    alias_max: u16,
 }
 
 /// What a writer of a persistent session holds (see `session.rs`).
@@ -196,6 +200,8 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             max_packet: session.client_max_packet,
             next_pkid: 1,
             persistent,
+            aliases: HashMap::new(),
+            alias_max: session.client_alias_max,
         }
     }
 
@@ -499,18 +505,23 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         ids: &[usize],
     ) -> Result<bool, ConnError> {
         let before = self.buf.len();
+        let mut properties = live.publish_properties(log::now_ms(), ids);
+        let (topic, new_alias) = self.alias(&live.topic, &mut properties);
         self.encode(Out::Publish(Box::new(Delivery {
-            topic: live.topic.clone(),
+            topic,
             payload: live.payload.clone(),
             qos,
             pkid,
             retain,
             dup,
-            properties: live.publish_properties(log::now_ms(), ids),
+            properties,
         })))?;
         if self.buf.len() - before > self.max_packet {
             self.buf.truncate(before);
             self.inflight.remove(&pkid);
+            if new_alias {
+                self.aliases.remove(&live.topic);
+            }
             MqttStats::inc(&self.shared.stats.deliveries_too_large);
             return Ok(false);
         }
@@ -651,6 +662,36 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             o.released = true;
         }
         self.shared.sessions.persist().await;
+    }
+
+    /// The topic to send (empty once an alias stands for it), with the
+    /// alias put in `properties`, and whether this delivery sets the alias
+    /// up (if it is then not sent, the caller forgets it).
+    fn alias(
+        &mut self,
+        topic: &Bytes,
+        properties: &mut Option<PublishProperties>,
+    ) -> (Bytes, bool) {
+        if self.alias_max == 0 || self.version != Version::V5 {
+            return (topic.clone(), false);
+        }
+        let (alias, known) = match self.aliases.get(topic) {
+            Some(a) => (*a, true),
+            None if self.aliases.len() < usize::from(self.alias_max) => {
+                let a = self.aliases.len() as u16 + 1;
+                self.aliases.insert(topic.clone(), a);
+                (a, false)
+            }
+            None => return (topic.clone(), false),
+        };
+        properties
+            .get_or_insert_with(PublishProperties::default)
+            .topic_alias = Some(alias);
+        if known {
+            (Bytes::new(), false)
+        } else {
+            (topic.clone(), true)
+        }
     }
 
     fn take_pkid(&mut self, qos: u8) -> u16 {
