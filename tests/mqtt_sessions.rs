@@ -345,3 +345,22 @@ fn two_instances_of_an_app_split_a_shared_subscription() {
     assert_eq!(got, names("k", 0..10));
     disconnect(&a, &mut conn_a);
 }
+
+#[test]
+fn a_second_connection_takes_the_session_over_with_its_subscription() {
+    let dir = harness::temp_dir();
+    let gateway = Gateway::start(dir.path(), &config(dir.path()));
+    let (first, mut first_conn, _) = connect(gateway.mqtt(), "roaming", false);
+    subscribe(&first, &mut first_conn, "fleet/#", QoS::AtLeastOnce);
+    // The device reappears on a new link before the old one timed out.
+    let (second, mut second_conn, present) = connect(gateway.mqtt(), "roaming", false);
+    assert!(present, "the new connection gets the session");
+    publish(gateway.port(), "fleet/cmd", "f", 0..20, 1);
+    let got: Vec<String> = receive(&mut second_conn, 20)
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(got, names("f", 0..20));
+    disconnect(&second, &mut second_conn);
+    drop(first);
+}
