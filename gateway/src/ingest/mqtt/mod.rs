@@ -21,7 +21,7 @@
 //!                 │  FIFO of (ticket, ack to send), at most receive_maximum
 //!                 ▼
 //!             writer (writer.rs) ── awaits tickets in order ──► PUBACK/PUBREC ──► socket
-//!                                     └─ durable records ──► live subscribers (hub)
+//!                 └─ subscriptions: records after the session's cursors, read from the log (feed.rs)
 //! ```
 //!
 //! The reader never waits for the disk: it appends and moves on, so many
@@ -42,14 +42,17 @@
 //!
 //! # Sessions (`session.rs`, `feed.rs`, `shares.rs`)
 //!
-//! A clean session's subscriptions get live messages from the hub, an
-//! in-memory broadcast of durable messages. A persistent session (3.1.1
-//! `clean_session = 0`, MQTT 5 session expiry) is a set of subscriptions
-//! and a cursor per log partition, saved in `@mqtt/sessions`; its writer
-//! reads the log from its cursors, so what it missed while away (or while
-//! slower than the hub) comes from the log, in offset order per partition,
-//! bounded by retention, not by memory. Shared subscriptions
-//! (`$share/{group}/{filter}`) split live messages among their members.
+//! Every subscriber reads the log: its writer keeps a cursor per log
+//! partition and delivers the matching records after it, in offset order
+//! per partition, so a slow subscriber falls behind instead of losing
+//! messages, and nothing is copied per subscriber in memory. A clean
+//! session's cursors start at the log's end at its first subscription and
+//! live in memory; a persistent session (3.1.1 `clean_session = 0`, MQTT 5
+//! session expiry) saves its subscriptions and cursors in `@mqtt/sessions`,
+//! so what it missed while away comes from the log, bounded by retention.
+//! Shared subscriptions (`$share/{group}/{filter}`) are the exception: their
+//! members split live messages from the hub, an in-memory broadcast of
+//! durable messages.
 //!
 //! # Messages, retained messages, wills (`message.rs`, `retain.rs`, `will.rs`)
 //!
@@ -74,9 +77,9 @@
 //! MQTT 3.1.1 has no negative acknowledgement: the connection is closed.
 //! Deliveries over the subscriber's Maximum Packet Size, or past their
 //! message expiry, are not sent (counted). A new persistent session beyond
-//! `max_persistent_sessions` gets CONNACK 0x97 (3.1.1: 0x03). Live delivery
-//! to clean sessions is from memory: a clean subscriber more than 256
-//! records behind misses records (counted in `deliveries_lagged`).
+//! `max_persistent_sessions` gets CONNACK 0x97 (3.1.1: 0x03). A shared
+//! subscription's member more than 256 messages behind the hub misses
+//! messages (counted in `deliveries_lagged`).
 //!
 //! # Bounded under abuse
 //!
@@ -134,8 +137,8 @@ use crate::log::Log;
 use crate::net::{Acceptor, RateLimitedWarning};
 use route::Router;
 
-/// Live records buffered for subscribers; a subscriber further behind misses
-/// records (counted in `deliveries_lagged`).
+/// Live messages buffered for shared subscriptions; a member further behind
+/// misses messages (counted in `deliveries_lagged`).
 const HUB_CAPACITY: usize = 256;
 
 pub use message::Live;

@@ -98,10 +98,9 @@ pub struct Sub {
 /// Which subscriptions a message is matched against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
-    All,
-    /// Shared subscriptions only (a persistent session's hub messages).
+    /// Shared subscriptions only (messages from the hub).
     Shared,
-    /// All but the shared ones (a persistent session's log records).
+    /// All but the shared ones (records from the log).
     NotShared,
 }
 
@@ -152,17 +151,21 @@ pub struct Writer<W> {
     /// The client's Maximum Packet Size: larger deliveries are dropped.
     max_packet: usize,
     next_pkid: u16,
-    /// A persistent session: its state, and delivery from the log.
-    persistent: Option<Persistent>,
+    /// Delivery from the log: the cursors, and the session they belong to.
+    from_log: FromLog,
     /// Topic aliases set up toward the client (MQTT 5), at most `alias_max`:
     /// the first topics delivered get one and keep it.
     aliases: HashMap<Bytes, u16>,
     alias_max: u16,
 }
 
-/// What a writer of a persistent session holds (see `session.rs`).
-struct Persistent {
-    lease: Lease,
+/// Every subscription is served from the log (`feed.rs`): a clean session
+/// from cursors set at its first subscription, kept in memory; a persistent
+/// one from its saved cursors (`session.rs`).
+struct FromLog {
+    state: session::Shared,
+    /// Held by a persistent (or resumed) session: its state is saved.
+    lease: Option<Lease>,
     feed: Feed,
 }
 
@@ -175,14 +178,17 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         qos1_unacked: Arc<AtomicUsize>,
         lease: Option<Lease>,
     ) -> Self {
-        let persistent = lease.map(|lease| Persistent {
+        let from_log = FromLog {
+            state: lease
+                .as_ref()
+                .map_or_else(Default::default, |l| l.state.clone()),
+            lease,
             feed: Feed::new(
                 shared.log.clone(),
                 shared.sessions.clone(),
                 &session.client_id,
             ),
-            lease,
-        });
+        };
         Writer {
             wr,
             buf: BytesMut::new(),
@@ -199,7 +205,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             max_inflight: usize::from(session.client_receive_max),
             max_packet: session.client_max_packet,
             next_pkid: 1,
-            persistent,
+            from_log,
             aliases: HashMap::new(),
             alias_max: session.client_alias_max,
         }
@@ -230,7 +236,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                     None => break,
                 },
                 live = next_live(self.live.as_mut()), if from_hub => self.deliver(live)?,
-                item = next_item(self.persistent.as_mut()), if from_log => {
+                item = next_item(&mut self.from_log), if from_log => {
                     self.deliver_item(item?).await?;
                 }
             }
@@ -298,14 +304,9 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             }
             Entry::Delivered(pkid) => {
                 self.inflight.remove(&pkid);
-                if let Some(p) = &self.persistent {
-                    if session::lock(&p.lease.state)
-                        .inflight
-                        .remove(&pkid)
-                        .is_some()
-                    {
-                        self.shared.sessions.touch();
-                    }
+                let removed = session::lock(&self.from_log.state).inflight.remove(&pkid);
+                if removed.is_some() {
+                    self.touch();
                 }
                 Ok(())
             }
@@ -432,14 +433,8 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 return Ok(());
             }
         };
-        // A persistent session gets only its shared subscriptions' messages
-        // from the hub; the rest come from the log.
-        let which = if self.persistent.is_some() {
-            Which::Shared
-        } else {
-            Which::All
-        };
-        let matched = self.matching(&live, live.origin == self.conn, which);
+        // Only shared subscriptions are served from the hub.
+        let matched = self.matching(&live, live.origin == self.conn, Which::Shared);
         let Some((qos, retain, ids)) = matched else {
             return Ok(());
         };
@@ -533,10 +528,10 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
     /// deliveries the client had not finished sent again (MQTT: PUBLISH
     /// with DUP = 1 under the same packet id, or PUBREL once released).
     fn resume_session(&mut self) -> Result<(), ConnError> {
-        let Some(p) = &self.persistent else {
+        if !self.stored() {
             return Ok(());
-        };
-        let state = p.lease.state.clone();
+        }
+        let state = self.from_log.state.clone();
         let (subs, inflight) = {
             let s = session::lock(&state);
             (s.subs.clone(), s.inflight.clone())
@@ -577,13 +572,10 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         Ok(())
     }
 
-    /// Receives live messages from the hub when a subscription needs them:
-    /// every one of a clean session, the shared ones of a persistent one.
+    /// Receives live messages from the hub while a shared subscription
+    /// needs them.
     fn follow_hub(&mut self) {
-        let needed = match self.persistent {
-            None => !self.subs.is_empty(),
-            Some(_) => self.subs.iter().any(|s| shares::parse(&s.filter).is_some()),
-        };
+        let needed = self.subs.iter().any(|s| shares::parse(&s.filter).is_some());
         if needed && self.live.is_none() {
             self.live = Some(self.shared.hub.subscribe());
         }
@@ -592,9 +584,31 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
     /// Saves what the session keeps of this connection (its QoS 2 publishes
     /// awaiting PUBREL) before the lease is let go.
     fn keep_session_state(&mut self) {
-        if let Some(p) = &self.persistent {
+        if self.stored() {
             let pending: Vec<u16> = self.qos2_lock().iter().copied().collect();
-            session::lock(&p.lease.state).inbound_qos2 = pending;
+            session::lock(&self.from_log.state).inbound_qos2 = pending;
+        }
+    }
+
+    /// Whether this connection's session is saved (persistent or resumed).
+    fn stored(&self) -> bool {
+        self.from_log.lease.is_some()
+    }
+
+    /// Cursors of a saved session moved: saved at the next checkpoint.
+    fn touch(&self) {
+        if self.stored() {
+            self.shared.sessions.touch();
+        }
+    }
+
+    /// A saved session's state is on disk before the caller goes on.
+    fn persist(&self) -> impl Future<Output = ()> + Send + 'static {
+        let sessions = self.stored().then(|| self.shared.sessions.clone());
+        async move {
+            if let Some(sessions) = sessions {
+                sessions.persist().await;
+            }
         }
     }
 
@@ -602,10 +616,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
     /// matches, the cursor moved past it either way. A QoS 2 delivery is
     /// saved before it goes out, so a crash re-sends the same packet id.
     async fn deliver_item(&mut self, item: Item) -> Result<(), ConnError> {
-        let Some(p) = &self.persistent else {
-            return Ok(());
-        };
-        let state = p.lease.state.clone();
+        let state = self.from_log.state.clone();
         let wanted = item
             .message
             .as_ref()
@@ -613,7 +624,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             .and_then(|m| Some((m.clone(), self.matching(m, item.own, Which::NotShared)?)));
         let Some((message, (qos, retain, ids))) = wanted else {
             feed::passed(&mut session::lock(&state), &item);
-            self.shared.sessions.touch();
+            self.touch();
             return Ok(());
         };
         let pkid = if qos == 0 { 0 } else { self.take_pkid(qos) };
@@ -626,9 +637,9 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             }
         }
         if qos == 2 {
-            self.shared.sessions.persist().await;
+            self.persist().await;
         } else {
-            self.shared.sessions.touch();
+            self.touch();
         }
         if !self.send_with(&message, qos, pkid, (retain, false), &ids)? {
             session::lock(&state).inflight.remove(&pkid);
@@ -636,32 +647,27 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
         Ok(())
     }
 
-    /// A persistent session's subscriptions are on disk before the client
-    /// hears of them; `first`: the session starts at the log's end.
+    /// The subscriptions into the session's state (on disk before the
+    /// client hears of them, for a saved session); `first`: delivery starts
+    /// at the log's end.
     async fn save_subscriptions(&mut self, first: bool) {
-        let Some(p) = &self.persistent else {
-            return;
-        };
         {
-            let mut s = session::lock(&p.lease.state);
+            let mut s = session::lock(&self.from_log.state);
             if first && s.subs.is_empty() {
                 s.start_at_end(&self.shared.log);
             }
             s.subs = self.subs.iter().map(SavedSub::from_sub).collect();
         }
-        self.shared.sessions.persist().await;
+        self.persist().await;
     }
 
     /// QoS 2: the client has our message; its release is on disk before
     /// PUBREL goes out.
     async fn released(&mut self, pkid: u16) {
-        let Some(p) = &self.persistent else {
-            return;
-        };
-        if let Some(o) = session::lock(&p.lease.state).inflight.get_mut(&pkid) {
+        if let Some(o) = session::lock(&self.from_log.state).inflight.get_mut(&pkid) {
             o.released = true;
         }
-        self.shared.sessions.persist().await;
+        self.persist().await;
     }
 
     /// The topic to send (empty once an alias stands for it), with the
@@ -763,12 +769,9 @@ fn ready_now(ticket: &mut AppendTicket) -> Option<Result<Appended, AppendError>>
     }
 }
 
-/// The next record after a persistent session's cursors.
-async fn next_item(p: Option<&mut Persistent>) -> Result<Item, ConnError> {
-    match p {
-        Some(p) => Ok(p.feed.next(&p.lease.state).await?),
-        None => std::future::pending().await,
-    }
+/// The next record after the session's cursors.
+async fn next_item(from_log: &mut FromLog) -> Result<Item, ConnError> {
+    Ok(from_log.feed.next(&from_log.state).await?)
 }
 
 /// The next live record, or never when the connection subscribes to nothing.
