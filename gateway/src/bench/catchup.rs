@@ -82,8 +82,8 @@ pub fn run(args: &CatchupBenchArgs) -> anyhow::Result<()> {
         "bench catchup: {} QoS 1 messages of {} bytes ({} publishers, up to {} in flight each) while a persistent subscriber (MQTT 3.1.1, clean_session = 0) is away",
         args.messages, args.size, args.publishers, args.inflight
     );
-    let tidewell = with_tidewell(&args.dir, "catchup", args.size, |_, addr| {
-        Ok(measure(args, addr))
+    let tidewell = with_tidewell(&args.dir, "catchup", args.size, |gateway| {
+        Ok(measure(args, gateway.mqtt))
     })?;
     let tidewell_ok = report("tidewell (fsync always)", args, &tidewell);
     let mut failed = (!tidewell_ok).then_some("tidewell");

@@ -24,7 +24,7 @@ use clap::Args;
 use rumqttc::{Event, Packet};
 
 use super::clients::{self, micros_since, Connected, Load, Stamp};
-use super::{with_mosquitto, with_tidewell};
+use super::{with_mosquitto, with_tidewell, Tidewell};
 
 #[derive(Args, Debug, Clone)]
 pub struct FanoutBenchArgs {
@@ -82,6 +82,8 @@ struct Figures {
     seconds: f64,
     /// Sorted publish-to-delivery latencies, microseconds.
     latencies_us: Vec<u64>,
+    /// Tidewell's count of records its subscribers missed ([`LAGGED`]).
+    lagged: Option<u64>,
 }
 
 impl Figures {
@@ -122,13 +124,13 @@ pub fn run(args: &FanoutBenchArgs) -> anyhow::Result<()> {
         "bench fanout: {} messages per publisher, {} bytes, QoS {}, up to {} in flight per publisher, MQTT 3.1.1",
         args.messages, args.size, args.qos, args.inflight
     );
-    let tidewell = with_tidewell(&args.dir, "fanout", args.size, |_, addr| {
-        measure_all(args, addr, &shapes)
+    let tidewell = with_tidewell(&args.dir, "fanout", args.size, |gateway| {
+        measure_all(args, gateway.mqtt, &shapes, Some(gateway))
     })?;
     let mosquitto = if args.no_mosquitto {
         None
     } else {
-        match with_mosquitto(|_, addr| measure_all(args, addr, &shapes)) {
+        match with_mosquitto(|_, addr| measure_all(args, addr, &shapes, None)) {
             Ok(figures) => Some(figures),
             Err(e) => {
                 println!("mosquitto: not run ({e:#}); install Debian's `mosquitto` to compare");
@@ -157,8 +159,11 @@ fn report(shape: &Shape, tidewell: &Figures, mosquitto: Option<&Figures>) {
 }
 
 fn print_figures(shape: &Shape, broker: &str, f: &Figures) {
+    let lagged = f.lagged.map_or(String::new(), |n| {
+        format!(" ({n} dropped by the live hub: subscriber over 256 records behind)")
+    });
     println!(
-        "{:<8} {broker:<24} {:>9.0} delivered/s  {}/{} delivered, {} missing, {} duplicates  latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+        "{:<8} {broker:<24} {:>9.0} delivered/s  {}/{} delivered, {} missing{lagged}, {} duplicates  latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
         shape.name(),
         f.rate(),
         f.delivered,
@@ -171,14 +176,31 @@ fn print_figures(shape: &Shape, broker: &str, f: &Figures) {
     );
 }
 
-/// Runs each shape against `addr`, one after the other.
+/// Runs each shape against `addr`, one after the other; for a Tidewell
+/// `gateway`, with the deliveries its live hub dropped meanwhile.
 fn measure_all(
     args: &FanoutBenchArgs,
     addr: SocketAddr,
     shapes: &[Shape],
+    gateway: Option<&Tidewell>,
 ) -> anyhow::Result<Vec<Figures>> {
-    shapes.iter().map(|s| measure(args, addr, *s)).collect()
+    let lagged = || match gateway {
+        Some(g) => g.metric(LAGGED).map(|v| Some(v as u64)),
+        None => Ok(None),
+    };
+    let mut all = Vec::with_capacity(shapes.len());
+    for shape in shapes {
+        let before = lagged()?;
+        let mut figures = measure(args, addr, *shape)?;
+        figures.lagged = lagged()?.zip(before).map(|(after, before)| after - before);
+        all.push(figures);
+    }
+    Ok(all)
 }
+
+/// Tidewell's count of deliveries a subscriber missed by falling more than
+/// the live hub (256 records) behind.
+const LAGGED: &str = "tidewell_mqtt_deliveries_lagged_total";
 
 /// Runs one shape against `addr`.
 fn measure(args: &FanoutBenchArgs, addr: SocketAddr, shape: Shape) -> anyhow::Result<Figures> {
@@ -224,6 +246,7 @@ async fn measure_async(
         duplicates: 0,
         seconds: 0.0,
         latencies_us: Vec::with_capacity(total * shape.subscribers),
+        lagged: None,
     };
     for task in receiving {
         let mut got = task.await??;

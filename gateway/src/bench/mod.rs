@@ -90,16 +90,35 @@ fn wait_ready(child: &mut Child) -> anyhow::Result<String> {
         .context("tidewell did not print its ready line")
 }
 
+/// A gateway started by [`with_tidewell`].
+pub struct Tidewell {
+    pub pid: u32,
+    pub mqtt: SocketAddr,
+    /// Its observability endpoint (`/metrics`, `/status`).
+    pub http: SocketAddr,
+}
+
+impl Tidewell {
+    /// The unlabelled sample `name` of its `/metrics`.
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let body = crate::observe::get(&self.http.to_string(), "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {name} in /metrics"))
+    }
+}
+
 /// Runs `body` against a gateway of its own: `tidewell run` on a fresh
 /// directory `DIR/NAME-PID` (removed afterwards) with the embedded defaults
 /// (fsync `always`, anonymous loopback clients may publish and subscribe
-/// any topic) but for free loopback ports, no HTTP endpoint and room for
-/// payloads of `payload_bytes`. Stopped with SIGTERM when `body` returns.
+/// any topic) but for free loopback ports and room for payloads of
+/// `payload_bytes`. Stopped with SIGTERM when `body` returns.
 pub fn with_tidewell<T>(
     dir: &std::path::Path,
     name: &str,
     payload_bytes: usize,
-    body: impl FnOnce(&Child, SocketAddr) -> anyhow::Result<T>,
+    body: impl FnOnce(&Tidewell) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let root = dir.join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -108,15 +127,26 @@ pub fn with_tidewell<T>(
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\n[http]\nenabled = false\n[mqtt]\nlisten = \"127.0.0.1:0\"\nmax_payload_bytes = {}\n",
+                "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\nmax_payload_bytes = {}\n",
                 root.join("data"),
                 payload_bytes.max(1024)
             ),
         )?;
-        let (mut child, addr) = start_gateway(&config)?;
-        let result = addr
-            .context("no MQTT address in the ready line")
-            .and_then(|addr| body(&child, addr));
+        let (mut child, ready) = start_gateway_ready(&config)?;
+        let addrs = ready
+            .addr("mqtt")
+            .and_then(|m| Ok((m, ready.addr("http")?)));
+        let result = match addrs {
+            Ok((Some(mqtt), Some(http))) => body(&Tidewell {
+                pid: child.id(),
+                mqtt,
+                http,
+            }),
+            Ok(_) => Err(anyhow::anyhow!(
+                "no mqtt= or http= address in the ready line"
+            )),
+            Err(e) => Err(e),
+        };
         stop(&mut child);
         result
     })();

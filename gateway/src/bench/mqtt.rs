@@ -131,9 +131,9 @@ fn print_figures(name: &str, f: &Figures) {
 
 /// Loads a gateway of its own (fsync `always`).
 fn bench_tidewell(args: &BenchArgs) -> anyhow::Result<Figures> {
-    with_tidewell(&args.dir, "mqtt", args.size, |child, addr| {
-        let mut figures = load(args, addr)?;
-        figures.peak_rss_kib = peak_rss_kib(child.id());
+    with_tidewell(&args.dir, "mqtt", args.size, |gateway| {
+        let mut figures = load(args, gateway.mqtt)?;
+        figures.peak_rss_kib = peak_rss_kib(gateway.pid);
         Ok(figures)
     })
 }
