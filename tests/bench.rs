@@ -1,7 +1,8 @@
 //! Every `tidewell bench` command of the README runs, in a tiny form, so
 //! none of them can rot unnoticed (`bench replicate` once failed before it
 //! started and nothing noticed). The figures are not checked, only that the
-//! command exits 0 and prints them.
+//! command exits 0 and prints them; `fanout` and `catchup` also check the
+//! counts a tiny run must reach.
 
 // A test that cannot go on fails: unwrap is how it says so.
 #![allow(clippy::unwrap_used)]

@@ -159,9 +159,10 @@ fn report(shape: &Shape, tidewell: &Figures, mosquitto: Option<&Figures>) {
 }
 
 fn print_figures(shape: &Shape, broker: &str, f: &Figures) {
-    let lagged = f.lagged.map_or(String::new(), |n| {
-        format!(" ({n} dropped by the live hub: subscriber over 256 records behind)")
-    });
+    let lagged = match f.lagged {
+        Some(n) if n > 0 => format!(" ({n} dropped by the live hub: over 256 records behind)"),
+        _ => String::new(),
+    };
     println!(
         "{:<8} {broker:<24} {:>9.0} delivered/s  {}/{} delivered, {} missing{lagged}, {} duplicates  latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
         shape.name(),
