@@ -1,7 +1,8 @@
 //! Every `tidewell bench` command of the README runs, in a tiny form, so
 //! none of them can rot unnoticed (`bench replicate` once failed before it
 //! started and nothing noticed). The figures are not checked, only that the
-//! command exits 0 and prints them.
+//! command exits 0 and prints them; `fanout` and `catchup` also check the
+//! counts a tiny run must reach.
 
 // A test that cannot go on fails: unwrap is how it says so.
 #![allow(clippy::unwrap_used)]
@@ -191,5 +192,65 @@ fn bench_bridge_runs_against_mosquitto_sub() {
     printed(
         &out,
         &["tidewell bridge", "mosquitto_sub", "bridge / mosquitto_sub"],
+    );
+}
+
+/// The line of `out` that starts with `head` and names `broker`.
+fn line<'a>(out: &'a str, head: &str, broker: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(head) && l.contains(broker))
+        .unwrap_or_else(|| panic!("no line {head:?} ... {broker:?} in:\n{out}"))
+}
+
+#[test]
+fn bench_fanout_runs_against_mosquitto() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &[
+            "fanout",
+            "--subscribers",
+            "4",
+            "--publishers",
+            "4",
+            "--messages",
+            "50",
+        ],
+    );
+    printed(&out, &["tidewell/mosquitto delivered/s", "p99"]);
+    // 50 messages to each of 4 subscribers, and 4 x 50 to one: far fewer
+    // than either broker's queues hold, so every message arrives.
+    for shape in ["1 -> 4 ", "4 -> 1 "] {
+        for broker in ["tidewell (fsync always)", "mosquitto 2 (memory)"] {
+            let figures = line(&out, shape, broker);
+            assert!(figures.contains(" 200/200 delivered"), "{figures}");
+        }
+    }
+}
+
+#[test]
+fn bench_catchup_runs_against_mosquitto() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &[
+            "catchup",
+            "--messages",
+            "1500",
+            "--publishers",
+            "2",
+            "--idle-ms",
+            "1000",
+        ],
+    );
+    // Mosquitto's defaults keep 1,000 queued QoS 1 messages per client.
+    let mosquitto = line(&out, "mosquitto 2 (defaults)", "");
+    assert!(mosquitto.contains("caught up 1000/1500"), "{mosquitto}");
+    // Tidewell refuses clean_session = 0 (CONNACK 0x03) until persistent
+    // sessions land; then it must deliver every message.
+    let tidewell = line(&out, "tidewell (fsync always)", "");
+    assert!(
+        tidewell.contains("caught up 1500/1500") || tidewell.contains("refused: "),
+        "{tidewell}"
     );
 }

@@ -153,6 +153,12 @@ enum BenchCommand {
     /// MQTT load (N clients x M messages): Tidewell (fsync always) against Mosquitto, or any broker.
     #[cfg(feature = "bench-mqtt")]
     Mqtt(crate::bench::mqtt::BenchArgs),
+    /// Deliveries/s from 1 publisher to 50 QoS 1 subscribers and from 50 publishers to 1, against Mosquitto.
+    #[cfg(feature = "bench-mqtt")]
+    Fanout(crate::bench::fanout::FanoutBenchArgs),
+    /// A persistent QoS 1 subscriber returns after 100,000 messages: what it gets and how fast, against Mosquitto.
+    #[cfg(feature = "bench-mqtt")]
+    Catchup(crate::bench::catchup::CatchupBenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -247,6 +253,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "bench-mqtt")]
         Command::Bench(BenchCommand::Mqtt(args)) => {
             crate::bench::mqtt::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "bench-mqtt")]
+        Command::Bench(BenchCommand::Fanout(args)) => {
+            crate::bench::fanout::run(&args).map(|()| ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "bench-mqtt")]
+        Command::Bench(BenchCommand::Catchup(args)) => {
+            crate::bench::catchup::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Mqtt(MqttCommand::HashPassword) => hash_password(),
     }

@@ -11,16 +11,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-
-use super::{peak_rss_kib, start_gateway, start_mosquitto, stop};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{Event, Outgoing, Packet};
 use tokio::sync::Barrier;
+
+use super::clients::{self, Connected};
+use super::{peak_rss_kib, with_mosquitto, with_tidewell};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -65,11 +66,7 @@ impl Figures {
     }
 
     fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        self.latencies_us[i] as f64 / 1000.0
+        clients::percentile_ms(&self.latencies_us, p)
     }
 }
 
@@ -132,46 +129,22 @@ fn print_figures(name: &str, f: &Figures) {
     );
 }
 
-/// Starts `tidewell run` on a fresh data directory, loads it, stops it.
+/// Loads a gateway of its own (fsync `always`).
 fn bench_tidewell(args: &BenchArgs) -> anyhow::Result<Figures> {
-    let root = args.dir.join(format!("mqtt-{}", std::process::id()));
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let result = run_tidewell(args, &root);
-    let _ = std::fs::remove_dir_all(&root);
-    result
-}
-
-fn run_tidewell(args: &BenchArgs, root: &Path) -> anyhow::Result<Figures> {
-    let config = root.join("tidewell.toml");
-    let max_payload = args.size.max(1024);
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[mqtt]\nlisten = \"127.0.0.1:0\"\nmax_payload_bytes = {max_payload}\n",
-            root.join("data")
-        ),
-    )?;
-    let (mut child, addr) = start_gateway(&config)?;
-    let result = addr
-        .context("no MQTT address in the ready line")
-        .and_then(|addr| load(args, addr))
-        .map(|mut f| {
-            f.peak_rss_kib = peak_rss_kib(child.id());
-            f
-        });
-    stop(&mut child);
-    result
+    with_tidewell(&args.dir, "mqtt", args.size, |gateway| {
+        let mut figures = load(args, gateway.mqtt)?;
+        figures.peak_rss_kib = peak_rss_kib(gateway.pid);
+        Ok(figures)
+    })
 }
 
 /// Mosquitto 2 with its defaults (no persistence) on a free loopback port.
 fn bench_mosquitto(args: &BenchArgs) -> anyhow::Result<Figures> {
-    let (mut child, addr) = start_mosquitto()?;
-    let result = load(args, addr).map(|mut f| {
-        f.peak_rss_kib = peak_rss_kib(child.id());
-        f
-    });
-    stop(&mut child);
-    result
+    with_mosquitto(|child, addr| {
+        let mut figures = load(args, addr)?;
+        figures.peak_rss_kib = peak_rss_kib(child.id());
+        Ok(figures)
+    })
 }
 
 /// Runs the load against `addr` and gathers the figures.
@@ -214,22 +187,13 @@ async fn client(
     start: Arc<Barrier>,
 ) -> anyhow::Result<(usize, Vec<u64>)> {
     let id = format!("bench-{index}");
-    let mut options = MqttOptions::new(&id, addr.ip().to_string(), addr.port());
-    options.set_keep_alive(Duration::from_secs(60));
+    let mut options = clients::options(&id, addr, args.size);
     options.set_inflight(args.inflight);
-    options.set_max_packet_size(args.size + 1024, args.size + 1024);
-    let (client, mut events) = AsyncClient::new(options, usize::from(args.inflight) * 2);
-    loop {
-        if let Event::Incoming(Packet::ConnAck(_)) = events.poll().await? {
-            break;
-        }
-    }
+    let Connected {
+        client, mut events, ..
+    } = clients::connect(options, usize::from(args.inflight) * 2).await?;
     start.wait().await;
-    let qos = match args.qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    };
+    let qos = clients::qos(args.qos);
     let topic = format!("devices/{id}/telemetry");
     let payload = vec![b'x'; args.size];
     let total = args.messages;
