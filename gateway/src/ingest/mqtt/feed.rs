@@ -12,9 +12,14 @@
 //! Reads are synchronous and small (`READ_BYTES`): one `pread` of what the
 //! page cache usually holds, done inside the writer's turn, so a read is
 //! never abandoned half-way by the writer's `select!`.
+//!
+//! Subscribers near the end of a partition read the same records: the last
+//! `RING_RECORDS` records read from each partition are kept decoded
+//! ([`Recent`]), so fifty subscribers cost one read and one decode, not
+//! fifty. A subscriber further behind reads the log itself.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
@@ -24,6 +29,76 @@ use crate::log::{Log, Offset, Partition, ReadError};
 
 /// Bytes read from a partition at a time.
 const READ_BYTES: usize = 64 << 10;
+/// Decoded records kept per partition for the subscribers near its end.
+const RING_RECORDS: usize = 1024;
+/// Records taken from the ring at a time.
+const RING_TAKE: usize = 256;
+
+/// A record as every subscriber sees it, decoded once.
+struct Decoded {
+    offset: u64,
+    message: Option<Arc<Live>>,
+    /// The publisher's client id (`mqtt.client_id`), for no-local.
+    publisher: Option<Bytes>,
+}
+
+/// The records read last from each partition, decoded, shared by every
+/// subscriber's feed.
+#[derive(Default)]
+pub struct Recent(Mutex<HashMap<(Arc<str>, u32), Ring>>);
+
+#[derive(Default)]
+struct Ring {
+    /// Offset of `records[0]`.
+    start: u64,
+    records: VecDeque<Arc<Decoded>>,
+}
+
+impl Recent {
+    /// Up to `RING_TAKE` records from `at` on, if the ring holds `at`.
+    fn take(&self, topic: &Arc<str>, p: Partition, at: u64) -> Option<Vec<Arc<Decoded>>> {
+        let rings = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let ring = rings.get(&(topic.clone(), p.0))?;
+        let from = usize::try_from(at.checked_sub(ring.start)?).ok()?;
+        (ring.records.get(from)?.offset == at).then(|| {
+            ring.records
+                .range(from..)
+                .take(RING_TAKE)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Keeps what a feed read, if it continues the ring (or the ring is
+    /// behind it: the newest records are what subscribers want).
+    /// The ring holds consecutive offsets only: a gap (damage skipped by
+    /// the reader) starts it afresh.
+    fn keep(&self, topic: &Arc<str>, p: Partition, read: &[Arc<Decoded>]) {
+        let Some(first) = read.first().map(|r| r.offset) else {
+            return;
+        };
+        let mut rings = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let ring = rings.entry((topic.clone(), p.0)).or_default();
+        let end = ring.start + ring.records.len() as u64;
+        if first > end || ring.records.is_empty() {
+            ring.records.clear();
+            ring.start = first;
+        } else if first != end {
+            return;
+        }
+        for r in read {
+            if r.offset != ring.start + ring.records.len() as u64 {
+                ring.records.clear();
+                ring.start = r.offset;
+            }
+            ring.records.push_back(r.clone());
+        }
+        while ring.records.len() > RING_RECORDS {
+            ring.records.pop_front();
+            ring.start += 1;
+        }
+    }
+}
 
 /// One record after a cursor.
 pub struct Item {
@@ -39,6 +114,7 @@ pub struct Item {
 pub struct Feed {
     log: Arc<Log>,
     sessions: Arc<session::Sessions>,
+    recent: Arc<Recent>,
     client_id: Bytes,
     queue: VecDeque<Item>,
     /// Partitions in turn, so one busy partition cannot starve the others.
@@ -46,10 +122,16 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub fn new(log: Arc<Log>, sessions: Arc<session::Sessions>, client_id: &str) -> Feed {
+    pub fn new(
+        log: Arc<Log>,
+        sessions: Arc<session::Sessions>,
+        recent: Arc<Recent>,
+        client_id: &str,
+    ) -> Feed {
         Feed {
             log,
             sessions,
+            recent,
             client_id: Bytes::copy_from_slice(client_id.as_bytes()),
             queue: VecDeque::new(),
             next: 0,
@@ -91,7 +173,7 @@ impl Feed {
             if at >= end.0 {
                 continue;
             }
-            let records = match self.log.read(topic, *partition, Offset(at), READ_BYTES) {
+            let records = match self.read(topic, *partition, at) {
                 // Retention ran since `offsets`: the next turn moves the cursor.
                 Err(ReadError::BeforeStart { .. }) => return Ok(true),
                 read => read?,
@@ -101,22 +183,48 @@ impl Feed {
             }
             self.next = (self.next + i + 1) % partitions.len();
             for r in records {
-                let own = header(&r.record, "mqtt.client_id") == Some(&self.client_id);
-                let message = (header(&r.record, "mqtt.bridge").is_none())
-                    .then(|| Live::from_record(&r.record))
-                    .flatten()
-                    .map(Arc::new);
                 self.queue.push_back(Item {
                     topic: topic.clone(),
                     partition: *partition,
-                    offset: r.offset.0,
-                    message,
-                    own,
+                    offset: r.offset,
+                    message: r.message.clone(),
+                    own: r.publisher.as_ref() == Some(&self.client_id),
                 });
             }
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Records from `at` on: from the ring if it holds them, else read from
+    /// the log, decoded, and kept in the ring.
+    fn read(
+        &self,
+        topic: &Arc<str>,
+        p: Partition,
+        at: u64,
+    ) -> Result<Vec<Arc<Decoded>>, ReadError> {
+        if let Some(records) = self.recent.take(topic, p, at) {
+            return Ok(records);
+        }
+        let records: Vec<Arc<Decoded>> = self
+            .log
+            .read(topic, p, Offset(at), READ_BYTES)?
+            .into_iter()
+            .map(|r| {
+                let message = (header(&r.record, "mqtt.bridge").is_none())
+                    .then(|| Live::from_record(&r.record))
+                    .flatten()
+                    .map(Arc::new);
+                Arc::new(Decoded {
+                    offset: r.offset.0,
+                    message,
+                    publisher: header(&r.record, "mqtt.client_id").cloned(),
+                })
+            })
+            .collect();
+        self.recent.keep(topic, p, &records);
+        Ok(records)
     }
 
     /// The session's cursor in this partition: the log's end for a
@@ -173,4 +281,47 @@ fn header<'r>(record: &'r crate::log::Record, name: &str) -> Option<&'r Bytes> {
 /// Moves the cursor past `item` (delivered, or not for this session).
 pub fn passed(state: &mut State, item: &Item) {
     state.set_cursor(&item.topic, item.partition, item.offset + 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(offsets: std::ops::Range<u64>) -> Vec<Arc<Decoded>> {
+        offsets
+            .map(|offset| {
+                Arc::new(Decoded {
+                    offset,
+                    message: None,
+                    publisher: None,
+                })
+            })
+            .collect()
+    }
+
+    fn offsets(records: Option<Vec<Arc<Decoded>>>) -> Option<Vec<u64>> {
+        records.map(|r| r.iter().map(|d| d.offset).collect())
+    }
+
+    #[test]
+    fn the_ring_serves_consecutive_records_and_keeps_the_newest() {
+        let recent = Recent::default();
+        let t: Arc<str> = Arc::from("ingest");
+        let p = Partition(0);
+        assert!(recent.take(&t, p, 0).is_none());
+        recent.keep(&t, p, &decoded(10..20));
+        assert_eq!(offsets(recent.take(&t, p, 15)), Some((15..20).collect()));
+        assert!(recent.take(&t, p, 9).is_none(), "before the ring");
+        assert!(recent.take(&t, p, 20).is_none(), "past its end");
+        // A read that does not continue it is not kept; one past it restarts it.
+        recent.keep(&t, p, &decoded(12..14));
+        assert_eq!(offsets(recent.take(&t, p, 10)).unwrap().len(), 10);
+        recent.keep(&t, p, &decoded(30..31));
+        assert!(recent.take(&t, p, 10).is_none());
+        assert_eq!(offsets(recent.take(&t, p, 30)), Some(vec![30]));
+        // Bounded: only the newest RING_RECORDS stay.
+        recent.keep(&t, p, &decoded(31..31 + RING_RECORDS as u64 + 5));
+        assert!(recent.take(&t, p, 30).is_none());
+        assert!(recent.take(&t, p, 36).is_some());
+    }
 }

@@ -166,6 +166,9 @@ pub struct Shared {
     sessions: Arc<session::Sessions>,
     /// Shared subscriptions (`shares.rs`).
     shares: shares::Shares,
+    /// Records near the end of each partition, decoded once for every
+    /// subscriber (`feed.rs`).
+    feeds: Arc<feed::Recent>,
     next_conn: AtomicU64,
     /// `max_connections`, lowered to what the descriptor limit leaves.
     max_connections: u64,
@@ -335,6 +338,7 @@ pub async fn start(
         recent,
         sessions: sessions.clone(),
         shares: shares::Shares::default(),
+        feeds: Arc::default(),
         next_conn: AtomicU64::new(1),
         max_connections: connection_budget(config.max_connections as u64),
     });

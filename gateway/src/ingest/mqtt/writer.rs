@@ -186,6 +186,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             feed: Feed::new(
                 shared.log.clone(),
                 shared.sessions.clone(),
+                shared.feeds.clone(),
                 &session.client_id,
             ),
         };
