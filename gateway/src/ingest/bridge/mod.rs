@@ -23,6 +23,11 @@
 //!             acker (acker.rs): await each ticket in order ──► PUBACK/PUBREC
 //! ```
 //!
+//! Acks leave ahead of reads: one at a time through rumqttc's request queue
+//! as a wake-up, the rest written into its buffer by the link once that one
+//! is out (`acker.rs` says why). A stop writes the acks of everything
+//! appended, then a DISCONNECT (dropping [`Bridge`] waits for it).
+//!
 //! # Redeliveries
 //!
 //! `inflight.rs` keeps, by packet id, what was appended and not finished; a
