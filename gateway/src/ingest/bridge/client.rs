@@ -45,6 +45,11 @@ pub enum Event {
     Subscribed {
         refused: Vec<usize>,
     },
+    /// The PUBACK or PUBREC handed over with [`Client::try_ack`] was
+    /// written to the socket (with every ack written ahead of it).
+    AckSent,
+    /// Our DISCONNECT (and everything queued before it) was written.
+    DisconnectSent,
     Other,
 }
 
@@ -95,11 +100,10 @@ pub fn build(
     })?;
     let transport = transport(broker)?;
     let keep_alive = Duration::from_secs(u64::from(broker.keep_alive_s));
-    // Acks and subscriptions only. rumqttc hands one request to the socket
-    // per turn of its loop and reads up to ten packets per turn, so acks can
-    // queue up beyond the broker's in-flight window; never beyond one per
-    // packet id, though (a stale connection's are dropped): room for all.
-    let capacity = usize::from(u16::MAX) + 64;
+    // What goes through rumqttc's request queue: one SUBSCRIBE per
+    // connection, at most one ack at a time (the wake-up, see `acker.rs`;
+    // the others are written into its buffer directly) and one DISCONNECT.
+    let capacity = 8;
     let credentials = broker
         .username
         .clone()
@@ -181,6 +185,16 @@ impl Client {
         }
     }
 
+    /// Queues a DISCONNECT: written after everything queued before it, so
+    /// the acks written so far reach the broker. An error if the event
+    /// loop is gone.
+    pub fn try_disconnect(&self) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        }
+    }
+
     /// Queues one SUBSCRIBE with every filter; false if the queue is full.
     pub fn try_subscribe(&self, subscriptions: &[super::config::Subscription]) -> bool {
         match self {
@@ -211,15 +225,54 @@ impl Events {
         match self {
             Events::V4(e) => match e.poll().await {
                 Ok(rumqttc::Event::Incoming(packet)) => Ok(event_v4(packet)),
-                Ok(rumqttc::Event::Outgoing(_)) => Ok(Event::Other),
+                Ok(rumqttc::Event::Outgoing(out)) => Ok(outgoing(&out)),
                 Err(e) => Err(error_v4(e)),
             },
             Events::V5(e) => match e.poll().await {
                 Ok(rumqttc::v5::Event::Incoming(packet)) => Ok(event_v5(packet)),
-                Ok(rumqttc::v5::Event::Outgoing(_)) => Ok(Event::Other),
+                Ok(rumqttc::v5::Event::Outgoing(out)) => Ok(outgoing(&out)),
                 Err(e) => Err(error_v5(e)),
             },
         }
+    }
+
+    /// Writes PUBACKs (QoS 1) and PUBRECs (QoS 2) for `acks`, in order,
+    /// into the event loop's write buffer: they go out with its next
+    /// flush, which follows every read and every queued request. Call it
+    /// only while connected (right after a poll returned an event).
+    pub fn write_acks(&mut self, acks: &[(u8, u16)]) -> Result<(), LinkError> {
+        match self {
+            Events::V4(e) => {
+                let queued = e.state.events.len();
+                for &(qos, pkid) in acks {
+                    let request = if qos == 1 {
+                        rumqttc::Request::PubAck(p4::PubAck::new(pkid))
+                    } else {
+                        rumqttc::Request::PubRec(p4::PubRec::new(pkid))
+                    };
+                    e.state
+                        .handle_outgoing_packet(request)
+                        .map_err(|e| local_error(&e))?;
+                }
+                // Their "outgoing" events say nothing the link needs.
+                e.state.events.truncate(queued);
+            }
+            Events::V5(e) => {
+                let queued = e.state.events.len();
+                for &(qos, pkid) in acks {
+                    let request = if qos == 1 {
+                        rumqttc::v5::Request::PubAck(p5::PubAck::new(pkid, None))
+                    } else {
+                        rumqttc::v5::Request::PubRec(p5::PubRec::new(pkid, None))
+                    };
+                    e.state
+                        .handle_outgoing_packet(request)
+                        .map_err(|e| local_error(&e))?;
+                }
+                e.state.events.truncate(queued);
+            }
+        }
+        Ok(())
     }
 
     /// Drops the connection (if any) and every request queued for it: an
@@ -260,6 +313,21 @@ impl Events {
                 e.state.events.truncate(queued);
             }
         }
+    }
+}
+
+fn outgoing(out: &rumqttc::Outgoing) -> Event {
+    match out {
+        rumqttc::Outgoing::PubAck(_) | rumqttc::Outgoing::PubRec(_) => Event::AckSent,
+        rumqttc::Outgoing::Disconnect => Event::DisconnectSent,
+        _ => Event::Other,
+    }
+}
+
+fn local_error(e: &dyn std::fmt::Display) -> LinkError {
+    LinkError {
+        auth: false,
+        message: format!("writing acks: {e}"),
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::acker::{Kind, Pending, Receipt};
+use super::acker::{self, Acks, Kind, Pending, Receipt};
 use super::client::{Client, Delivery, Event, Events, LinkError};
 use super::config::BrokerConfig;
 use super::inflight::{fingerprint, Arrival, Inflight};
@@ -23,6 +23,8 @@ use crate::log::{self, AppendError, AppendTicket, Log, Record};
 const OVERLOAD_WAIT: Duration = Duration::from_secs(5);
 /// A link that held this long starts its next backoff from the minimum.
 const STABLE_LINK: Duration = Duration::from_secs(60);
+/// How long a stop may take to write the acks of what was appended.
+pub const STOP_FLUSH: Duration = Duration::from_secs(2);
 
 /// What the link's two tasks (this one and the acker) share.
 pub struct Shared {
@@ -31,11 +33,9 @@ pub struct Shared {
     pub router: Arc<Router>,
     pub stats: Arc<LinkStats>,
     pub inflight: Mutex<Inflight>,
-    /// Counts the link's connections. An ack is handed to rumqttc only
-    /// under this lock and only for a publish of the current connection;
-    /// a lost link bumps it and drops what rumqttc still queued, so no ack
-    /// meant for one connection is sent on the next.
-    pub generation: Mutex<u64>,
+    /// The connection count and the acks not yet written (`acker.rs`).
+    /// Taken before `inflight` when both are.
+    pub acks: Mutex<Acks>,
     /// Set by the acker when an append failed or an ack could not be
     /// queued: the link is dropped, so the broker keeps the message and
     /// redelivers it.
@@ -47,10 +47,8 @@ impl Shared {
         self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn generation(&self) -> MutexGuard<'_, u64> {
-        self.generation
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    pub fn acks(&self) -> MutexGuard<'_, Acks> {
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -106,21 +104,22 @@ impl Link {
         }
     }
 
-    /// Runs the link until shutdown.
-    pub async fn run(mut self, mut events: Events, mut shutdown: Shutdown) {
+    /// Runs the link until `stop`, then writes the acks of what it
+    /// appended (see [`Link::stop`]).
+    pub async fn run(mut self, mut events: Events, mut stop: Shutdown) {
         loop {
             if self.shared.relink.swap(false, Ordering::AcqRel) {
                 let e = LinkError {
                     auth: false,
                     message: "a publish was not acknowledged (see the append error); reconnecting so the broker redelivers it".into(),
                 };
-                if !self.down(&mut events, e, &mut shutdown).await {
-                    return;
+                if !self.down(&mut events, e, &mut stop).await {
+                    break;
                 }
             }
             let polled = tokio::select! {
                 biased;
-                () = shutdown.requested() => return,
+                () = stop.requested() => break,
                 polled = events.poll() => polled,
             };
             let result = match polled {
@@ -128,10 +127,46 @@ impl Link {
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                if !self.down(&mut events, e, &mut shutdown).await {
-                    return;
+                if !self.down(&mut events, e, &mut stop).await {
+                    break;
                 }
             }
+        }
+        self.stop(events).await;
+    }
+
+    /// A clean stop: appends nothing more and closes the FIFO; keeps the
+    /// event loop turning while the acker finishes, so every ack of a
+    /// durable publish is written, then a DISCONNECT (the session stays).
+    /// Publishes read meanwhile are neither appended nor acknowledged: the
+    /// broker sends them again next time.
+    async fn stop(self, mut events: Events) {
+        let Link {
+            shared,
+            client,
+            fifo,
+            up_since,
+            ..
+        } = self;
+        drop(fifo);
+        if up_since.is_none() {
+            return; // not connected: nothing can be acknowledged
+        }
+        let flush = async {
+            loop {
+                match events.poll().await? {
+                    Event::DisconnectSent => return Ok::<(), LinkError>(()),
+                    Event::AckSent => write_ready(&shared, &client, &mut events)?,
+                    Event::Released(pkid) => shared.inflight().released(pkid),
+                    _ => {}
+                }
+            }
+        };
+        let name = &shared.stats.name;
+        match tokio::time::timeout(STOP_FLUSH, flush).await {
+            Ok(Ok(())) => tracing::info!(broker = name, "bridge acks written, disconnected"),
+            Ok(Err(e)) => tracing::warn!(broker = name, "bridge stop: {}", e.message),
+            Err(_) => tracing::warn!(broker = name, "bridge stop: acks not all written in time"),
         }
     }
 
@@ -164,7 +199,8 @@ impl Link {
                 self.subscriptions_refused(&refused);
                 stats.set_state(LinkState::Up, 0);
             }
-            Event::Other => {}
+            Event::AckSent => write_ready(&self.shared, &self.client, events)?,
+            Event::DisconnectSent | Event::Other => {}
         }
         Ok(())
     }
@@ -191,7 +227,7 @@ impl Link {
             let fp = fingerprint(d.qos, &d.topic, &d.payload);
             shared.inflight().arrive(d.pkid, d.qos, fp)
         });
-        let generation = *shared.generation();
+        let generation = shared.acks().generation;
         let (serial, kind) = match arrival {
             Some(Arrival::Again { serial }) => {
                 LinkStats::inc(&shared.stats.redeliveries);
@@ -260,8 +296,8 @@ impl Link {
     /// backoff. False when the gateway stops meanwhile.
     async fn down(&mut self, events: &mut Events, e: LinkError, shutdown: &mut Shutdown) -> bool {
         {
-            let mut generation = self.shared.generation();
-            *generation += 1;
+            let mut acks = self.shared.acks();
+            acks.new_connection();
             events.forget_connection();
         }
         let stats = &self.shared.stats;
@@ -295,6 +331,46 @@ impl Link {
             () = shutdown.requested() => false,
         }
     }
+}
+
+/// The wake-up ack was written (`acker.rs`): writes the acks that became
+/// durable meanwhile, all but the last straight into rumqttc's buffer and
+/// the last as the next wake-up; at a stop, all of them and a DISCONNECT.
+fn write_ready(shared: &Shared, client: &Client, events: &mut Events) -> Result<(), LinkError> {
+    let mut acks = shared.acks();
+    acks.wake = false;
+    let batch: Vec<Receipt> = {
+        let mut inflight = shared.inflight();
+        let ready = std::mem::take(&mut acks.ready);
+        ready
+            .into_iter()
+            .filter(|p| inflight.may_ack(p.pkid, p.serial))
+            .collect()
+    };
+    let (direct, last) = match (acks.closing, batch.split_last()) {
+        (false, Some((last, direct))) => (direct, Some(last)),
+        _ => (&batch[..], None),
+    };
+    let pairs: Vec<(u8, u16)> = direct.iter().map(|p| (p.qos, p.pkid)).collect();
+    events.write_acks(&pairs)?;
+    {
+        let mut inflight = shared.inflight();
+        for p in direct {
+            inflight.acked(p.pkid, p.serial);
+        }
+    }
+    shared
+        .stats
+        .acks
+        .fetch_add(direct.len() as u64, Ordering::Relaxed);
+    match last {
+        Some(p) => acker::wake(shared, client, &mut acks, *p),
+        None if acks.closing => {
+            let _ = client.try_disconnect();
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 fn local(message: &str) -> LinkError {

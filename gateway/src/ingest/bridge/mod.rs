@@ -23,6 +23,11 @@
 //!             acker (acker.rs): await each ticket in order ──► PUBACK/PUBREC
 //! ```
 //!
+//! Acks leave ahead of reads: one at a time through rumqttc's request queue
+//! as a wake-up, the rest written into its buffer by the link once that one
+//! is out (`acker.rs` says why). A stop writes the acks of everything
+//! appended, then a DISCONNECT (dropping [`Bridge`] waits for it).
+//!
 //! # Redeliveries
 //!
 //! `inflight.rs` keeps, by packet id, what was appended and not finished; a
@@ -42,6 +47,7 @@ mod observe;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -51,7 +57,7 @@ pub use observe::{BridgeStats, LinkStats};
 use crate::ingest::mqtt::route::{Router, UnknownTopic};
 use crate::ingest::mqtt::MqttConfig;
 use crate::ingest::serial::AbortOnDrop;
-use crate::ingest::{Context, Running, Source, Starting};
+use crate::ingest::{Context, Running, Shutdown, Source, Starting};
 use config::BrokerConfig;
 
 /// Why the bridge did not start.
@@ -87,11 +93,27 @@ impl BridgeConfig {
     }
 }
 
+/// The running links. Dropping it stops them: each writes the acks of
+/// what it appended and disconnects (at most `link::STOP_FLUSH`), then
+/// what is left is aborted.
 struct Bridge {
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Disconnected once every link task has ended.
+    ended: std::sync::mpsc::Receiver<()>,
     _tasks: AbortOnDrop,
 }
 
 impl Running for Bridge {}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        // Blocks the dropping thread (the daemon's main thread, at a stop)
+        // while the runtime's workers finish the links.
+        let deadline = link::STOP_FLUSH + Duration::from_millis(500);
+        let _ = self.ended.recv_timeout(deadline);
+    }
+}
 
 impl Source for BridgeSource {
     fn name(&self) -> &'static str {
@@ -103,6 +125,9 @@ impl Source for BridgeSource {
             let router = Arc::new(Router::new(&self.mqtt, &ctx.log).map_err(BridgeError::from)?);
             let mut stats = BridgeStats::default();
             let mut tasks = Vec::new();
+            let (stop_tx, stop) = Shutdown::new();
+            let stop_tx = Arc::new(stop_tx);
+            let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
             for broker in &self.config.brokers {
                 let link_stats = Arc::new(LinkStats::new(&broker.name, &broker.address));
                 stats.links.push(link_stats.clone());
@@ -112,22 +137,37 @@ impl Source for BridgeSource {
                     router: router.clone(),
                     stats: link_stats,
                     inflight: Mutex::new(inflight::Inflight::default()),
-                    generation: Mutex::new(0),
+                    acks: Mutex::new(acker::Acks::default()),
                     relink: AtomicBool::new(false),
                 });
                 let (client, events) = client::build(broker, password(broker)?)?;
                 let (tx, rx) = mpsc::channel(usize::from(broker.max_inflight));
                 let acker = tokio::spawn(acker::run(rx, shared.clone(), client.clone()));
                 let link = link::Link::new(shared, client, tx);
-                let poll = tokio::spawn(link.run(events, ctx.shutdown.clone()));
+                let (stop, ended) = (stop.clone(), ended_tx.clone());
+                let poll = tokio::spawn(async move {
+                    link.run(events, stop).await;
+                    drop(ended);
+                });
                 tasks.extend([acker.abort_handle(), poll.abort_handle()]);
             }
+            drop(ended_tx);
+            let forward = tokio::spawn(forward_stop(ctx.shutdown, stop_tx.clone()));
+            tasks.push(forward.abort_handle());
             ctx.registry.register(Arc::new(stats));
             Ok(Box::new(Bridge {
+                stop: stop_tx,
+                ended,
                 _tasks: AbortOnDrop(tasks),
             }) as Box<dyn Running>)
         })
     }
+}
+
+/// The gateway's stop stops the links too (as dropping [`Bridge`] does).
+async fn forward_stop(mut shutdown: Shutdown, stop: Arc<tokio::sync::watch::Sender<bool>>) {
+    shutdown.requested().await;
+    let _ = stop.send(true);
 }
 
 fn password(broker: &BrokerConfig) -> Result<Option<String>, BridgeError> {

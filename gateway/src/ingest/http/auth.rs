@@ -7,6 +7,7 @@
 //! read back. `{client_id}` and `{username}` both stand for the username.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -27,7 +28,7 @@ const AUTH_DEADLINE: Duration = Duration::from_secs(10);
 pub struct Access {
     /// `None` for anonymous requests.
     pub user: Option<String>,
-    pub acl: Acl,
+    pub acl: Arc<Acl>,
 }
 
 impl Access {
@@ -61,12 +62,15 @@ pub async fn authenticate(
     let access = shared.access();
     match shared.gate.check(&access.users, &attempt, deadline).await {
         Ok(user) => Ok(Access {
-            acl: Acl::new(
-                &user.publish_acl,
-                &user.subscribe_acl,
-                &username,
-                Some(&username),
-            ),
+            acl: access.acls.get(&user.username).cloned().unwrap_or_else(|| {
+                let name = &user.username;
+                Arc::new(Acl::new(
+                    &user.publish_acl,
+                    &user.subscribe_acl,
+                    name,
+                    Some(name),
+                ))
+            }),
             user: Some(username),
         }),
         Err(AuthFailure::Throttled) => {
@@ -101,12 +105,7 @@ fn anonymous(shared: &Shared, peer: SocketAddr) -> Result<Access, Reply> {
     if access.allow_anonymous && peer.ip().is_loopback() {
         return Ok(Access {
             user: None,
-            acl: Acl::new(
-                &access.anonymous_publish_acl,
-                &access.anonymous_read_acl,
-                "anonymous",
-                None,
-            ),
+            acl: access.anonymous_acl.clone(),
         });
     }
     shared.stats.refused("unauthorized");

@@ -33,6 +33,7 @@ mod post;
 mod read;
 pub mod reply;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,7 @@ use tokio_rustls::TlsAcceptor;
 pub use config::HttpIngestConfig;
 pub use observe::HttpIngestStats;
 
+use crate::ingest::mqtt::acl::Acl;
 use crate::ingest::mqtt::config::UserConfig;
 use crate::ingest::mqtt::gate::Gate;
 use crate::ingest::mqtt::{MqttConfig, MqttStats};
@@ -98,17 +100,34 @@ pub struct Shared {
 pub struct AccessConfig {
     pub users: Vec<UserConfig>,
     pub allow_anonymous: bool,
-    pub anonymous_publish_acl: Vec<String>,
-    pub anonymous_read_acl: Vec<String>,
+    /// Each user's ACL with its placeholders filled in, once per reload
+    /// rather than once per request.
+    pub acls: HashMap<String, Arc<Acl>>,
+    pub anonymous_acl: Arc<Acl>,
 }
 
 impl AccessConfig {
     fn new(config: &HttpIngestConfig, mqtt: &MqttConfig) -> AccessConfig {
+        let acls = mqtt
+            .users
+            .iter()
+            .map(|u| {
+                let name = &u.username;
+                let acl = Acl::new(&u.publish_acl, &u.subscribe_acl, name, Some(name));
+                (name.clone(), Arc::new(acl))
+            })
+            .collect();
+        let anonymous_acl = Acl::new(
+            &config.anonymous_publish_acl,
+            &config.anonymous_read_acl,
+            "anonymous",
+            None,
+        );
         AccessConfig {
             users: mqtt.users.clone(),
             allow_anonymous: config.allow_anonymous,
-            anonymous_publish_acl: config.anonymous_publish_acl.clone(),
-            anonymous_read_acl: config.anonymous_read_acl.clone(),
+            acls,
+            anonymous_acl: Arc::new(anonymous_acl),
         }
     }
 }
@@ -368,8 +387,17 @@ enum Route {
 }
 
 fn route(method: &Method, path: &str) -> Route {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match parts.as_slice() {
+    // The longest known path has six parts: no allocation per request.
+    let mut parts = [""; 6];
+    let mut n = 0;
+    for part in path.trim_start_matches('/').split('/') {
+        let Some(slot) = parts.get_mut(n) else {
+            return Route::Unknown;
+        };
+        *slot = part;
+        n += 1;
+    }
+    match &parts[..n] {
         ["v1", "topics", topic] if *method == Method::POST => Route::Append(topic.to_string()),
         ["v1", "topics", _] => Route::WrongMethod("POST"),
         ["v1", "topics", topic, "partitions", p, "records"] if *method == Method::GET => {

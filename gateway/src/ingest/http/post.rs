@@ -106,7 +106,7 @@ pub async fn post(
     }
     let Some(ticket) = ticket else {
         return match append(shared, topic, Partition(partition), records).await {
-            Ok(answer) => reply::json(StatusCode::OK, &serde_json::json!(answer)),
+            Ok(answer) => reply::serialized(StatusCode::OK, &answer),
             Err(reply) => reply,
         };
     };
@@ -121,7 +121,7 @@ pub async fn post(
         result
     });
     match appending.await {
-        Ok(Ok(answer)) => reply::json(StatusCode::OK, &serde_json::json!(answer)),
+        Ok(Ok(answer)) => reply::serialized(StatusCode::OK, &answer),
         Ok(Err(reply)) => reply,
         Err(e) => reply::retry(StatusCode::SERVICE_UNAVAILABLE, 1, e),
     }
@@ -134,7 +134,7 @@ fn malformed(shared: &Shared, message: String) -> Reply {
 
 fn replay(shared: &Shared, answer: &Answer) -> Reply {
     Shared::count(&shared.stats.idempotent_replays, 1);
-    let mut reply = reply::json(StatusCode::OK, &serde_json::json!(answer));
+    let mut reply = reply::serialized(StatusCode::OK, &answer);
     reply.headers_mut().insert(
         "idempotent-replayed",
         hyper::header::HeaderValue::from_static("true"),

@@ -35,6 +35,18 @@ pub fn json(status: StatusCode, value: &Value) -> Reply {
     with_type(status, "application/json", full(text))
 }
 
+/// `value` as JSON with `status`, serialized straight into the body (no
+/// `Value` in between).
+pub fn serialized<T: serde::Serialize>(status: StatusCode, value: &T) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(mut text) => {
+            text.push(b'\n');
+            with_type(status, "application/json", full(text))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
 /// `{"error": message}` with `status`.
 pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
     json(status, &json!({ "error": message.to_string() }))
