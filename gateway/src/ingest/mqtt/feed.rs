@@ -153,6 +153,14 @@ impl Feed {
         }
     }
 
+    /// The next record if one is at hand, without waiting.
+    pub fn try_next(&mut self, state: &session::Shared) -> Result<Option<Item>, ReadError> {
+        if self.queue.is_empty() {
+            self.fill(state)?;
+        }
+        Ok(self.queue.pop_front())
+    }
+
     /// Reads the next chunk of one partition that has records past its
     /// cursor; whether anything was queued.
     fn fill(&mut self, state: &session::Shared) -> Result<bool, ReadError> {

@@ -27,6 +27,8 @@ use super::stats::MqttStats;
 use super::Shared;
 use crate::log::{self, AppendError, AppendTicket, Appended};
 
+/// Records delivered from the log in one turn before acks are looked at.
+const BURST: usize = 256;
 /// Write buffer kept between flushes; larger ones are given back.
 const IDLE_WRITE_BYTES: usize = 512;
 
@@ -239,6 +241,7 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 live = next_live(self.live.as_mut()), if from_hub => self.deliver(live)?,
                 item = next_item(&mut self.from_log), if from_log => {
                     self.deliver_item(item?).await?;
+                    self.deliver_at_hand().await?;
                 }
             }
         }
@@ -611,6 +614,22 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
                 sessions.persist().await;
             }
         }
+    }
+
+    /// Delivers the records already read while the client's window has
+    /// room (at most `BURST`), so they leave in one write, not one each.
+    async fn deliver_at_hand(&mut self) -> Result<(), ConnError> {
+        for _ in 0..BURST {
+            if !self.backlog.is_empty() || self.inflight.len() >= self.max_inflight {
+                return Ok(());
+            }
+            let state = self.from_log.state.clone();
+            match self.from_log.feed.try_next(&state)? {
+                Some(item) => self.deliver_item(item).await?,
+                None => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     /// One record after the session's cursors: sent if a subscription
