@@ -94,7 +94,7 @@ fn disconnect(client: &Client, connection: &mut Connection) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         match connection.recv_timeout(remaining(deadline)) {
-            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)) | Err(_) => return,
             Ok(Ok(_)) => {}
         }
     }

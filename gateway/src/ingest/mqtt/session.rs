@@ -28,9 +28,11 @@
 //!   once: after a crash the same packet id is re-sent with DUP = 1, or the
 //!   PUBREL again, never a new PUBLISH of a released message.
 //! - When a connection of a persistent session ends, and at a clean stop.
-//! - Every `session_checkpoint_ms` while cursors moved (nothing when idle).
+//! - Every `session_checkpoint_ms` while cursors moved (nothing when idle),
+//!   and whenever cursors passed `SAVE_EVERY` records since the last write.
 //!   So after a crash, QoS 0/1 messages delivered since the last write are
-//!   delivered again (QoS 1 is at least once): at most that interval's worth.
+//!   delivered again (QoS 1 is at least once): at most that interval's
+//!   worth, and at most about `SAVE_EVERY` records.
 //!
 //! A session that was connected when the gateway died counts as
 //! disconnected from the restart on. Sessions whose client has been away
@@ -55,6 +57,10 @@ const FILE: &str = "sessions";
 /// of the session (its writer finishing), before CONNACK "server busy".
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 const EXPIRY_SWEEP: Duration = Duration::from_secs(60);
+/// Records passed by session cursors that make a write due at once, so a
+/// gateway that keeps dying sooner than `session_checkpoint_ms` after its
+/// start still saves progress.
+const SAVE_EVERY: u64 = 1000;
 
 /// A subscription as saved.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -193,6 +199,8 @@ pub struct Sessions {
     released: Notify,
     /// Cursors moved since the last write.
     dirty: AtomicBool,
+    /// Records passed by cursors since the last write.
+    moved: AtomicU64,
     /// Writes asked for, and the number of the last one done.
     asked: AtomicU64,
     done: watch::Sender<u64>,
@@ -267,6 +275,7 @@ impl Sessions {
             slots: Mutex::new(slots),
             released: Notify::new(),
             dirty: AtomicBool::new(false),
+            moved: AtomicU64::new(0),
             asked: AtomicU64::new(0),
             done: watch::channel(0).0,
             wake: Notify::new(),
@@ -399,9 +408,13 @@ impl Sessions {
         }
     }
 
-    /// Cursors moved: written at the next checkpoint.
+    /// Cursors moved: written at the next checkpoint, or now (without
+    /// waiting) once `SAVE_EVERY` records were passed since the last one.
     pub fn touch(&self) {
         self.dirty.store(true, Ordering::Release);
+        if self.moved.fetch_add(1, Ordering::AcqRel) + 1 == SAVE_EVERY {
+            self.urgent();
+        }
     }
 
     /// Asks for a write now without waiting for it.
@@ -441,6 +454,7 @@ impl Sessions {
     pub async fn write_now(self: &Arc<Self>) {
         let asked = self.asked.load(Ordering::Acquire);
         self.dirty.store(false, Ordering::Release);
+        self.moved.store(0, Ordering::Release);
         let me = self.clone();
         let _ = tokio::task::spawn_blocking(move || me.write()).await;
         self.done.send_modify(|d| *d = (*d).max(asked));

@@ -549,8 +549,14 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Writer<W> {
             self.shared.shares.join(&s.filter, self.conn);
         }
         self.follow_hub();
+        // Sent again in the order they were first sent (log order), not by
+        // packet id: ids restart with every connection.
+        let mut inflight: Vec<&Outbound> = inflight.values().collect();
+        inflight.sort_by(|a, b| {
+            (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset))
+        });
         let mut gone = Vec::new();
-        for o in inflight.values() {
+        for o in inflight {
             self.inflight.insert(o.pkid, o.qos);
             if o.released {
                 self.encode(Out::PubRel(o.pkid))?;
