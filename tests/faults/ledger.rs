@@ -487,7 +487,7 @@ impl Inbox {
         self.lock().connects.iter().all(|(e, f)| e == f)
     }
 
-    /// Records one PUBLISH received (before its PUBACK goes out).
+    /// Records one PUBLISH received.
     pub fn deliver(&self, payload: &[u8]) {
         let delivery = match decode(payload) {
             Ok((device, seq)) => Delivery::Message {

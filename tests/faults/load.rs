@@ -98,9 +98,10 @@ pub async fn device(
 /// `filter`, subscribes and records the SUBACK (with every device's next
 /// sequence number, from which on the subscription holds), else relies on
 /// the session's subscriptions. Returns once that is done, with the task
-/// that records every PUBLISH received (rumqttc sends the PUBACK after the
-/// event is polled, so a recorded message may come again, never the other
-/// way round) until the connection dies.
+/// that records every PUBLISH received until the connection dies. rumqttc
+/// PUBACKs a batch of packets as soon as it has read it, but hands out every
+/// event of a batch before it touches the network again, so each delivery
+/// the gateway saw acknowledged is recorded.
 pub async fn subscriber(
     target: Target,
     id: &str,
