@@ -10,6 +10,15 @@
 //! `tidewell log verify` and `log dump`) and reconciles: every message
 //! acknowledged in any cycle so far is there, intact, in per-device order.
 //!
+//! Next to the devices, a persistent QoS 1 subscriber (3.1.1, `clean_session
+//! = 0`, one client id) is connected in every cycle with load: it subscribes
+//! to every device's topic in the first cycle only, and later just
+//! reconnects, expecting `session_present = 1`. After the last cycle the VM
+//! boots once more without a cut and the subscriber receives until it has
+//! every acknowledged message; then its [`Inbox`] is reconciled: nothing
+//! acknowledged missing, first copies in per-device order (copies after a
+//! cut are QoS 1 redeliveries, counted), no session lost.
+//!
 //! `TIDEWELL_POWERCUT_CYCLES` (default 5), `TIDEWELL_POWERCUT_SEED` (default
 //! from the clock; printed), `TIDEWELL_POWERCUT_FSYNC` (`always`, `never` or
 //! an interval in ms: the last two are expected to fail),
@@ -37,7 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::BIN;
-use ledger::{Evidence, Ledger, Report};
+use ledger::{Evidence, Inbox, Ledger, Report};
 use qemu::{Machine, Vm};
 use rumqttc::QoS;
 
@@ -46,6 +55,16 @@ const TOPIC: &str = "telemetry";
 const DEVICES: usize = 4;
 const USER: &str = "sensor";
 const PASSWORD: &str = "powercut-password";
+/// The persistent subscriber: its user (same password), its client id
+/// (fixed, so that every connection finds the session), and the filter that
+/// covers every device's topic.
+const SUBSCRIBER_USER: &str = "dashboard";
+const SUBSCRIBER_ID: &str = "pc-dashboard";
+const FILTER: &str = "devices/+/telemetry";
+/// The subscriber's catch-up after the last cycle ends when nothing new has
+/// arrived for this long (or at `CATCH_UP_LIMIT`): then what is missing fails.
+const CATCH_UP_STALL: Duration = Duration::from_secs(30);
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(900);
 /// Boot plus recovery of a log of a few thousand segments under TCG takes
 /// seconds; this only bounds a hang.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -102,10 +121,12 @@ fn fsync_toml(setting: &str) -> String {
 }
 
 /// Small segments so that rolls (new files, directory fsyncs) happen under
-/// load; two partitions so that group commits span files.
-fn config(fsync: &str, password_hash: &str) -> String {
+/// load; two partitions so that group commits span files. `data_dir` and
+/// the MQTT `listen` address are the guest's, or the host's for the
+/// subscriber's catch-up.
+fn config(data_dir: &str, listen: &str, fsync: &str, password_hash: &str) -> String {
     format!(
-        r#"data_dir = "/data{DATA_DIR_ON_IMAGE}"
+        r#"data_dir = {data_dir:?}
 gateway_id = "powercut"
 
 [log]
@@ -117,7 +138,7 @@ fsync = {fsync}
 max_segment_bytes = 65536
 
 [mqtt]
-listen = "0.0.0.0:1883"
+listen = "{listen}"
 allow_anonymous = false
 default_topic = "{TOPIC}"
 
@@ -126,8 +147,14 @@ username = "{USER}"
 password_hash = "{password_hash}"
 publish_acl = ["devices/{{client_id}}/#"]
 
+[[mqtt.users]]
+username = "{SUBSCRIBER_USER}"
+password_hash = "{password_hash}"
+publish_acl = []
+subscribe_acl = ["{FILTER}"]
+
 [[mqtt.routes]]
-filter = "devices/+/telemetry"
+filter = "{FILTER}"
 topic = "{TOPIC}"
 key = "segment:1"
 
@@ -206,6 +233,8 @@ struct Campaign {
     machine: Machine,
     work: PathBuf,
     ledger: Arc<Ledger>,
+    /// What the persistent subscriber received, over every cycle.
+    inbox: Arc<Inbox>,
     runtime: tokio::runtime::Runtime,
     rng: fastrand::Rng,
     cycles: Vec<Cycle>,
@@ -213,6 +242,11 @@ struct Campaign {
     last: Report,
     /// Segment files in the log at the latest read-back.
     segments: usize,
+    /// The data directory of the latest read-back (where the subscriber
+    /// catches up after the last cycle).
+    data: Option<PathBuf>,
+    /// How long the subscriber's catch-up took after the last cycle.
+    catch_up_time: Option<Duration>,
 }
 
 impl Campaign {
@@ -235,7 +269,10 @@ impl Campaign {
             eprintln!("--- cycle {n} console ---\n{console}\n---");
         }
         let (evidence, fs_problems) = self.read_back(&console)?;
-        let report = self.ledger.reconcile(&evidence);
+        let mut report = self.ledger.reconcile(&evidence);
+        self.ledger
+            .reconcile_subscriber(&self.inbox, false, &mut report);
+        let sub = report.subscriber.clone().unwrap_or_default();
         let cycle = Cycle {
             cut,
             ready_after: vm.seen(qemu::READY).map(|at| at - vm.booted),
@@ -248,7 +285,7 @@ impl Campaign {
             fs_problems: fs_problems.len(),
         };
         eprintln!(
-            "cycle {n}: cut {:?} ({}), ready after {:?}, sent {} acked {} present {} lost {} corrupt {} out of order {}{} ({:.1} s)",
+            "cycle {n}: cut {:?} ({}), ready after {:?}, sent {} acked {} present {} lost {} corrupt {} out of order {}; subscriber received {} (not yet {}) copies {} out of order {} session lost {}{} ({:.1} s)",
             cycle.cut,
             cycle.cut.kind(),
             cycle.ready_after,
@@ -258,6 +295,11 @@ impl Campaign {
             report.lost,
             report.corrupt,
             report.out_of_order_local,
+            sub.received,
+            sub.missing,
+            sub.duplicates,
+            sub.out_of_order,
+            sub.session_failures,
             if fs_problems.is_empty() { String::new() } else { format!(", e2fsck -n: {fs_problems:?}") },
             cycle.elapsed.as_secs_f64()
         );
@@ -288,15 +330,24 @@ impl Campaign {
             }
             Cut::Load(after) => {
                 vm.wait_for(qemu::READY, READY_TIMEOUT)?;
-                self.load(vm, after);
+                self.load(vm, after)?;
             }
         }
         Ok(())
     }
 
-    /// Publishes from every device for `duration`, then cuts the power while
-    /// they are still publishing.
-    fn load(&mut self, vm: &mut Vm, duration: Duration) {
+    /// Connects the subscriber (subscribing in the first cycle), publishes
+    /// from every device for `duration`, then cuts the power while they are
+    /// still publishing.
+    fn load(&mut self, vm: &mut Vm, duration: Duration) -> Result<(), String> {
+        let first = self.inbox.subscribed_from().is_none();
+        let subscriber = self.connect_subscriber(
+            load::Target {
+                port: vm.port,
+                ..target(SUBSCRIBER_USER)
+            },
+            first.then_some(FILTER),
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
         let tasks: Vec<_> = (0..DEVICES)
             .map(|d| {
@@ -305,14 +356,11 @@ impl Campaign {
                 } else {
                     QoS::ExactlyOnce
                 };
-                let target = load::Target {
-                    host: "127.0.0.1".into(),
-                    port: vm.port,
-                    credentials: Some((USER.into(), PASSWORD.into())),
-                    pace: None,
-                };
                 self.runtime.spawn(load::device(
-                    target,
+                    load::Target {
+                        port: vm.port,
+                        ..target(USER)
+                    },
                     format!("pc-{d}"),
                     qos,
                     self.ledger.clone(),
@@ -325,11 +373,91 @@ impl Campaign {
         vm.power_cut();
         stop.store(true, Ordering::Relaxed);
         self.runtime.block_on(async {
-            for task in tasks {
-                // A device stops as soon as its connection dies.
+            for task in tasks.into_iter().chain([subscriber]) {
+                // A client stops as soon as its connection dies.
                 let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
             }
         });
+        Ok(())
+    }
+
+    /// One connection of the persistent subscriber; its task records what
+    /// it receives until the connection dies. A wrong `session_present`
+    /// fails the cycle.
+    fn connect_subscriber(
+        &mut self,
+        target: load::Target,
+        filter: Option<&str>,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let task = self.runtime.block_on(load::subscriber(
+            target,
+            SUBSCRIBER_ID,
+            filter,
+            self.ledger.clone(),
+            self.inbox.clone(),
+        ))?;
+        if !self.inbox.sessions_kept() {
+            task.abort();
+            return Err(format!(
+                "{SUBSCRIBER_ID}: CONNACK with the wrong session_present (a session lost after its SUBACK?)"
+            ));
+        }
+        Ok(task)
+    }
+
+    /// After the last cycle: the gateway binary runs on the host, on the
+    /// data directory of the last read-back (the journal replayed, as the
+    /// next boot would find it; native speed instead of a sixth boot under
+    /// TCG), and the subscriber receives until it has every acknowledged
+    /// message its subscription covers, or nothing new came for
+    /// `CATCH_UP_STALL`.
+    fn finish(&mut self) -> Result<(), String> {
+        let data = self.data.clone().ok_or("no log was ever read back")?;
+        let dir = self.work.join("catch-up");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = config(
+            data.to_str().unwrap(),
+            "127.0.0.1:0",
+            &self.settings.fsync,
+            &cheap_password_hash(),
+        );
+        let gateway = harness::Gateway::start(&dir, &config);
+        let started = Instant::now();
+        let result = self.catch_up(gateway.port());
+        self.catch_up_time = Some(started.elapsed());
+        let stderr = gateway.stderr_text();
+        let damage: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("log recovery:") && l.contains("ERROR"))
+            .collect();
+        if !damage.is_empty() {
+            return Err(format!("catch-up: recovery reported damage: {damage:?}"));
+        }
+        result.map_err(|e| format!("catch-up: {e}\n--- gateway ---\n{stderr}"))
+    }
+
+    fn catch_up(&mut self, port: u16) -> Result<(), String> {
+        let from = self
+            .inbox
+            .subscribed_from()
+            .ok_or("the subscriber never subscribed")?;
+        let target = load::Target {
+            port,
+            ..target(SUBSCRIBER_USER)
+        };
+        let task = self.connect_subscriber(target, None)?;
+        let wanted = self.ledger.acked_since(&from);
+        let started = Instant::now();
+        loop {
+            let before = self.inbox.distinct();
+            let missing = self.inbox.wait_for(wanted.iter().cloned(), CATCH_UP_STALL);
+            if missing == 0 || self.inbox.distinct() == before || started.elapsed() > CATCH_UP_LIMIT
+            {
+                break;
+            }
+        }
+        task.abort();
+        Ok(())
     }
 
     /// The log as the image holds it after the cut, checked by `log verify`
@@ -349,6 +477,7 @@ impl Campaign {
             return Ok((evidence, fs_problems));
         };
         self.segments = count_files(&data, "log");
+        self.data = Some(data.clone());
         let verified = ledger::parse_verify(&harness::verify_json(&data))?;
         evidence.damage.extend(verified.damage);
         evidence.local = ledger::found_in_dump(&harness::dump_text(&data), Some(TOPIC))?;
@@ -394,8 +523,25 @@ impl Campaign {
             mean_max(&secs(|c| c.start_to_ready)),
         );
         report.row("time per cycle", mean_max(&secs(|c| Some(c.elapsed))));
+        if let Some(catch_up) = self.catch_up_time {
+            report.row(
+                "subscriber catch-up (host gateway)",
+                format!("{:.2} s", catch_up.as_secs_f64()),
+            );
+        }
         report.row("time", format!("{:.1} s", total.as_secs_f64()));
         report
+    }
+}
+
+/// A client of `user` (every user has the same password); the port is the
+/// VM's or the host gateway's.
+fn target(user: &str) -> load::Target {
+    load::Target {
+        host: "127.0.0.1".into(),
+        port: 0,
+        credentials: Some((user.into(), PASSWORD.into())),
+        pace: None,
     }
 }
 
@@ -468,7 +614,13 @@ fn acknowledged_messages_survive_power_cuts_in_device_order() {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let work = tmp.path().to_path_buf();
-    let config = config(&settings.fsync, &cheap_password_hash());
+    let guest_data_dir = format!("/data{DATA_DIR_ON_IMAGE}");
+    let config = config(
+        &guest_data_dir,
+        "0.0.0.0:1883",
+        &settings.fsync,
+        &cheap_password_hash(),
+    );
     let mut machine = Machine::build(&work, BIN, &config, "1G", 16384);
     if let Some(nofile) = &settings.nofile {
         machine.cmdline = format!("tidewell.nofile={nofile}");
@@ -479,6 +631,7 @@ fn acknowledged_messages_survive_power_cuts_in_device_order() {
         machine,
         work,
         ledger: Arc::new(Ledger::new()),
+        inbox: Arc::new(Inbox::new()),
         runtime: tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -487,6 +640,8 @@ fn acknowledged_messages_survive_power_cuts_in_device_order() {
         cycles: Vec::new(),
         last: Report::default(),
         segments: 0,
+        data: None,
+        catch_up_time: None,
     };
     let mut failure = None;
     for n in 1..=campaign.settings.cycles {
@@ -495,7 +650,18 @@ fn acknowledged_messages_survive_power_cuts_in_device_order() {
             break;
         }
     }
-    let report = campaign.report(started.elapsed());
+    if failure.is_none() {
+        failure = campaign.finish().err();
+    }
+    let mut report = campaign.report(started.elapsed());
+    // Missing messages count only once the subscriber had its last boot.
+    let finished = failure.is_none();
+    campaign
+        .ledger
+        .reconcile_subscriber(&campaign.inbox, finished, &mut report);
+    if failure.is_none() && !report.clean() {
+        failure = Some("the subscriber's ledger does not reconcile".into());
+    }
     let path = Report::default_path("powercut");
     report.write(&path).unwrap();
     eprintln!("{report}report written to {}", path.display());

@@ -24,13 +24,23 @@
 //! topic partition) a device's records must come in sequence order; a second
 //! copy of a message is a duplicate, not an order violation.
 //!
+//! A persistent subscriber has a ledger of its own, an [`Inbox`]: every
+//! delivery in arrival order (across all its connections), the
+//! `session_present` of every CONNACK, and from which message of each device
+//! on its subscription holds (the devices' next sequence numbers at its
+//! first SUBACK). [`Ledger::reconcile_subscriber`] then checks that every
+//! acknowledged message from there on reached it, intact, and that per
+//! device the first copies came in sequence order (a second copy is a QoS 1
+//! redelivery: counted, allowed).
+//!
 //! Shared by the campaigns under `tests/` (`#[path = "faults/ledger.rs"]`).
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 
@@ -287,6 +297,72 @@ impl Ledger {
             .sum()
     }
 
+    /// Each device's next sequence number: a subscription made now covers
+    /// every message from there on.
+    pub fn next_seqs(&self) -> BTreeMap<String, u64> {
+        self.devices()
+            .iter()
+            .map(|(name, d)| (name.clone(), d.next_seq))
+            .collect()
+    }
+
+    /// The acknowledged messages a subscription covers that holds from
+    /// `from` on (a device missing from `from`: all of its messages).
+    pub fn acked_since(&self, from: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
+        let devices = self.devices();
+        let mut acked = Vec::new();
+        for (name, device) in devices.iter() {
+            let first = from.get(name).copied().unwrap_or(0);
+            acked.extend(
+                device
+                    .sent
+                    .range(first..)
+                    .filter(|(_, s)| s.acked)
+                    .map(|(&seq, _)| (name.clone(), seq)),
+            );
+        }
+        acked
+    }
+
+    /// Compares what the subscriber of `inbox` received with what was
+    /// acknowledged, into `report.subscriber` (replacing an earlier
+    /// reconcile of it). `finished`: the subscriber has had its chance to
+    /// receive everything, so a missing message is a failure; before that it
+    /// may still be on its way.
+    pub fn reconcile_subscriber(&self, inbox: &Inbox, finished: bool, report: &mut Report) {
+        let state = inbox.lock();
+        let expected = state
+            .subscribed_from
+            .as_ref()
+            .map(|from| self.acked_since(from))
+            .unwrap_or_default();
+        let devices = self.devices();
+        let mut sub = Subscribed {
+            connections: state.connects.len() as u64,
+            deliveries: state.deliveries.len() as u64,
+            expected: expected.len() as u64,
+            finished,
+            ..Subscribed::default()
+        };
+        sub.check_sessions(&state.connects);
+        if state.subscribed_from.is_none() && finished {
+            sub.session_failures += 1;
+            sub.example("subscriber: never subscribed (no SUBACK)".into());
+        }
+        let first = sub.scan(&devices, &state.deliveries);
+        for (device, seq) in &expected {
+            if !first.contains(&(device.as_str(), *seq)) {
+                sub.missing += 1;
+                if finished {
+                    sub.example(format!(
+                        "subscriber missed: {device}/{seq} was acknowledged"
+                    ));
+                }
+            }
+        }
+        report.subscriber = Some(sub);
+    }
+
     /// Compares everything sent so far with `evidence`.
     pub fn reconcile(&self, evidence: &Evidence) -> Report {
         let devices = self.devices();
@@ -338,6 +414,259 @@ impl Ledger {
             report.missing_upstream = Some(missing_upstream);
         }
         report
+    }
+}
+
+/// One delivery to a subscriber, as received.
+#[derive(Debug, Clone)]
+enum Delivery {
+    Message {
+        device: String,
+        seq: u64,
+        digest: u32,
+        len: usize,
+    },
+    /// Not a good ledger payload.
+    Malformed(String),
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    deliveries: Vec<Delivery>,
+    /// (device, seq) received at least once.
+    seen: HashSet<(String, u64)>,
+    /// What [`Inbox::wait_for`] still waits for.
+    outstanding: HashSet<(String, u64)>,
+    /// Per device, the first sequence number the subscription covers; set
+    /// at the first SUBACK.
+    subscribed_from: Option<BTreeMap<String, u64>>,
+    /// Per CONNACK: whether a session should have been there (the
+    /// subscription was acknowledged before), and `session_present`.
+    connects: Vec<(bool, bool)>,
+}
+
+/// What one persistent subscriber received, over all its connections (see
+/// the module comment). Shared with its client task (`Arc<Inbox>`).
+#[derive(Debug, Default)]
+pub struct Inbox {
+    state: Mutex<InboxState>,
+    /// Notified when the last message [`Inbox::wait_for`] waits for arrives.
+    complete: Condvar,
+}
+
+impl Inbox {
+    pub fn new() -> Inbox {
+        Inbox::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        // Every update is one push or insert: consistent after a panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A CONNACK: `session_present` must be 1 once a SUBACK was received
+    /// (the session is on disk before the SUBACK goes out), 0 before.
+    pub fn connected(&self, session_present: bool) {
+        let mut state = self.lock();
+        let expected = state.subscribed_from.is_some();
+        state.connects.push((expected, session_present));
+    }
+
+    /// The SUBACK of the subscription: it covers each device's messages
+    /// from `from` (its next sequence number now) on. Only the first counts.
+    pub fn subscribed(&self, from: BTreeMap<String, u64>) {
+        self.lock().subscribed_from.get_or_insert(from);
+    }
+
+    pub fn subscribed_from(&self) -> Option<BTreeMap<String, u64>> {
+        self.lock().subscribed_from.clone()
+    }
+
+    /// Whether every CONNACK so far had the `session_present` expected.
+    pub fn sessions_kept(&self) -> bool {
+        self.lock().connects.iter().all(|(e, f)| e == f)
+    }
+
+    /// Records one PUBLISH received.
+    pub fn deliver(&self, payload: &[u8]) {
+        let delivery = match decode(payload) {
+            Ok((device, seq)) => Delivery::Message {
+                device,
+                seq,
+                digest: crc32c::crc32c(payload),
+                len: payload.len(),
+            },
+            Err(e) => Delivery::Malformed(e.to_string()),
+        };
+        let mut state = self.lock();
+        if let Delivery::Message { device, seq, .. } = &delivery {
+            let id = (device.clone(), *seq);
+            if state.outstanding.remove(&id) && state.outstanding.is_empty() {
+                self.complete.notify_all();
+            }
+            state.seen.insert(id);
+        }
+        state.deliveries.push(delivery);
+    }
+
+    /// Waits until every message of `wanted` was received, for at most
+    /// `limit`; returns how many are still missing.
+    pub fn wait_for(
+        &self,
+        wanted: impl IntoIterator<Item = (String, u64)>,
+        limit: Duration,
+    ) -> usize {
+        let deadline = Instant::now() + limit;
+        let mut state = self.lock();
+        let outstanding: HashSet<(String, u64)> = wanted
+            .into_iter()
+            .filter(|id| !state.seen.contains(id))
+            .collect();
+        state.outstanding = outstanding;
+        while !state.outstanding.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .complete
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let missing = state.outstanding.len();
+        state.outstanding.clear();
+        missing
+    }
+
+    /// Distinct messages received so far.
+    pub fn distinct(&self) -> usize {
+        self.lock().seen.len()
+    }
+}
+
+/// What a persistent subscriber got, as [`Ledger::reconcile_subscriber`]
+/// counts it. Must be 0: `session_failures`, `corrupt`, `out_of_order`, and
+/// `missing` once `finished`.
+#[derive(Debug, Clone, Default)]
+pub struct Subscribed {
+    pub connections: u64,
+    /// CONNACKs with the wrong `session_present` (a session lost after its
+    /// SUBACK, or one that should not exist), and no SUBACK at all.
+    pub session_failures: u64,
+    /// PUBLISHes received, copies included.
+    pub deliveries: u64,
+    /// Acknowledged messages the subscription covers.
+    pub expected: u64,
+    /// Distinct acknowledged messages received.
+    pub received: u64,
+    /// Sent, never acknowledged to the publisher, yet delivered: allowed
+    /// (durable, but the PUBACK died with the power).
+    pub unacked_received: u64,
+    /// Acknowledged, covered, and not received.
+    pub missing: u64,
+    /// Second and later copies (QoS 1 redeliveries after a cut).
+    pub duplicates: u64,
+    /// First copies that came after a later message of the same device.
+    pub out_of_order: u64,
+    /// Bad payloads, and payloads that differ from what was sent.
+    pub corrupt: u64,
+    /// The subscriber had its chance to receive everything.
+    pub finished: bool,
+    /// The first problems, by name.
+    pub examples: Vec<String>,
+}
+
+impl Subscribed {
+    fn example(&mut self, what: String) {
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(what);
+        }
+    }
+
+    /// Counts the CONNACKs whose `session_present` was not the expected one.
+    fn check_sessions(&mut self, connects: &[(bool, bool)]) {
+        for (n, &(expected, found)) in connects.iter().enumerate() {
+            if expected != found {
+                self.session_failures += 1;
+                self.example(format!(
+                    "subscriber: connection {} got session_present = {}, expected {}",
+                    n + 1,
+                    u8::from(found),
+                    u8::from(expected)
+                ));
+            }
+        }
+    }
+
+    /// Counts copies, order and damage over the deliveries in arrival
+    /// order; returns the messages received intact at least once.
+    fn scan<'a>(
+        &mut self,
+        devices: &BTreeMap<String, Device>,
+        deliveries: &'a [Delivery],
+    ) -> BTreeSet<(&'a str, u64)> {
+        let mut first = BTreeSet::new();
+        let mut highest: BTreeMap<&str, u64> = BTreeMap::new();
+        for (n, delivery) in deliveries.iter().enumerate() {
+            let (device, seq, acked) = match identify(devices, delivery) {
+                Ok(id) => id,
+                Err(why) => {
+                    self.corrupt += 1;
+                    self.example(format!("corrupt: subscriber delivery {}: {why}", n + 1));
+                    continue;
+                }
+            };
+            if !first.insert((device, seq)) {
+                self.duplicates += 1;
+                continue;
+            }
+            let top = highest.entry(device).or_insert(seq);
+            if seq < *top {
+                let top = *top;
+                self.out_of_order += 1;
+                self.example(format!(
+                    "subscriber out of order: delivery {}: {device}/{seq} first arrived after {device}/{top}",
+                    n + 1
+                ));
+            } else {
+                *top = seq;
+            }
+            match acked {
+                true => self.received += 1,
+                false => self.unacked_received += 1,
+            }
+        }
+        first
+    }
+
+    pub fn clean(&self) -> bool {
+        self.session_failures == 0
+            && self.corrupt == 0
+            && self.out_of_order == 0
+            && (!self.finished || self.missing == 0)
+    }
+}
+
+/// The message a delivery is, and whether it was acknowledged; or why it is
+/// not a message that was sent.
+fn identify<'a>(
+    devices: &BTreeMap<String, Device>,
+    delivery: &'a Delivery,
+) -> Result<(&'a str, u64, bool), String> {
+    let (device, seq, digest, len) = match delivery {
+        Delivery::Malformed(why) => return Err(why.clone()),
+        Delivery::Message {
+            device,
+            seq,
+            digest,
+            len,
+        } => (device, *seq, *digest, *len),
+    };
+    match devices.get(device).and_then(|d| d.sent.get(&seq)) {
+        Some(s) if s.digest == digest && s.len == len => Ok((device, seq, s.acked)),
+        Some(_) => Err(format!("{device}/{seq} differs from what was sent")),
+        None => Err(format!("{device}/{seq} was never sent")),
     }
 }
 
@@ -437,6 +766,8 @@ pub struct Report {
     pub duplicated_upstream: Option<u64>,
     pub out_of_order_local: u64,
     pub out_of_order_upstream: Option<u64>,
+    /// The persistent subscriber's ledger, when the campaign has one.
+    pub subscriber: Option<Subscribed>,
     /// The first problems, by name.
     pub examples: Vec<String>,
     /// Free text printed under the table.
@@ -450,6 +781,7 @@ impl Report {
             && self.corrupt == 0
             && self.out_of_order_local == 0
             && self.out_of_order_upstream.unwrap_or(0) == 0
+            && self.subscriber.as_ref().is_none_or(Subscribed::clean)
     }
 
     /// Adds a campaign figure to the top of the table.
@@ -485,16 +817,54 @@ impl Report {
     }
 }
 
+/// "ok (must be 0)" or "FAIL (must be 0)".
+fn must(v: u64) -> &'static str {
+    if v == 0 {
+        "ok (must be 0)"
+    } else {
+        "FAIL (must be 0)"
+    }
+}
+
+/// The subscriber's part of the report table.
+fn subscriber_rows(sub: &Subscribed) -> Vec<(String, String, &'static str)> {
+    let missing = if sub.finished {
+        must(sub.missing)
+    } else {
+        "not finished"
+    };
+    [
+        ("subscriber connections", sub.connections, ""),
+        (
+            "subscriber session_present wrong",
+            sub.session_failures,
+            must(sub.session_failures),
+        ),
+        ("subscriber deliveries", sub.deliveries, ""),
+        ("subscriber: acknowledged, covered", sub.expected, ""),
+        ("subscriber: received", sub.received, ""),
+        (
+            "subscriber: unacknowledged, received",
+            sub.unacked_received,
+            "allowed",
+        ),
+        ("subscriber: missing", sub.missing, missing),
+        ("subscriber: duplicates", sub.duplicates, "allowed (QoS 1)"),
+        (
+            "subscriber: out of order",
+            sub.out_of_order,
+            must(sub.out_of_order),
+        ),
+        ("subscriber: corrupt", sub.corrupt, must(sub.corrupt)),
+    ]
+    .into_iter()
+    .map(|(name, v, verdict)| (name.to_string(), v.to_string(), verdict))
+    .collect()
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-        let must = |v: u64| {
-            if v == 0 {
-                "ok (must be 0)"
-            } else {
-                "FAIL (must be 0)"
-            }
-        };
         let mut rows: Vec<(String, String, &str)> = self
             .rows
             .iter()
@@ -543,6 +913,9 @@ impl fmt::Display for Report {
             ),
             ("out of order per device".into(), ooo.to_string(), must(ooo)),
         ]);
+        if let Some(sub) = &self.subscriber {
+            rows.extend(subscriber_rows(sub));
+        }
         let width = rows.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
         let value_width = rows.iter().map(|(_, v, _)| v.len()).max().unwrap_or(0);
         let rule = "-".repeat(width + value_width + 22);
@@ -551,7 +924,8 @@ impl fmt::Display for Report {
             writeln!(f, "{name:<width$}  {value:>value_width$}  {verdict}")?;
         }
         writeln!(f, "{rule}")?;
-        for example in &self.examples {
+        let sub_examples = self.subscriber.iter().flat_map(|s| &s.examples);
+        for example in self.examples.iter().chain(sub_examples) {
             writeln!(f, "  {example}")?;
         }
         for note in &self.notes {
@@ -564,6 +938,7 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn found(stream: &str, offset: u64, payload: &[u8]) -> Found {
         Found {
@@ -623,6 +998,81 @@ mod tests {
         assert_eq!(r.out_of_order_local, 1, "{r}");
         assert_eq!(r.unacked_present, 1, "{r}");
         assert!(!r.clean());
+    }
+
+    #[test]
+    fn subscriber_reconcile_counts_missing_copies_order_and_lost_sessions() {
+        let ledger = Ledger::new();
+        let inbox = Inbox::new();
+        // Before the subscription: neither expected nor missing.
+        let before = ledger.send("a", 40);
+        ledger.ack("a", before.seq);
+        inbox.connected(false);
+        inbox.subscribed(ledger.next_seqs());
+        let m: Vec<Message> = (0..4).map(|_| ledger.send("a", 40)).collect();
+        for msg in &m[..3] {
+            ledger.ack("a", msg.seq);
+        }
+        // A copy of m[0]; m[3] was never acknowledged; m[2] not yet here.
+        for i in [0, 1, 0, 3] {
+            inbox.deliver(&m[i].payload);
+        }
+        let mut r = Report::default();
+        ledger.reconcile_subscriber(&inbox, false, &mut r);
+        let sub = r.subscriber.clone().unwrap();
+        assert_eq!(
+            (
+                sub.expected,
+                sub.received,
+                sub.unacked_received,
+                sub.missing
+            ),
+            (3, 2, 1, 1)
+        );
+        assert_eq!((sub.duplicates, sub.out_of_order), (1, 0));
+        assert!(r.clean(), "missing is not a failure before the end: {r}");
+        ledger.reconcile_subscriber(&inbox, true, &mut r);
+        assert!(!r.clean(), "{r}");
+
+        inbox.connected(false);
+        let mut bad = m[2].payload.clone();
+        bad[8] ^= 2;
+        inbox.deliver(&bad);
+        inbox.deliver(&m[2].payload);
+        ledger.reconcile_subscriber(&inbox, true, &mut r);
+        let sub = r.subscriber.clone().unwrap();
+        assert_eq!(
+            (
+                sub.session_failures,
+                sub.corrupt,
+                sub.out_of_order,
+                sub.missing
+            ),
+            (1, 1, 1, 0),
+            "{r}"
+        );
+        assert!(!r.clean());
+        assert!(!inbox.sessions_kept());
+    }
+
+    #[test]
+    fn waiting_for_the_subscriber_ends_when_the_last_message_arrives() {
+        let ledger = Ledger::new();
+        let inbox = Arc::new(Inbox::new());
+        let m: Vec<Message> = (0..3).map(|_| ledger.send("a", 40)).collect();
+        inbox.deliver(&m[0].payload);
+        let sender = std::thread::spawn({
+            let inbox = inbox.clone();
+            move || {
+                inbox.deliver(&m[1].payload);
+                inbox.deliver(&m[2].payload);
+            }
+        });
+        let wanted = (0..3).map(|seq| ("a".to_string(), seq));
+        assert_eq!(inbox.wait_for(wanted, Duration::from_secs(30)), 0);
+        sender.join().unwrap();
+        let never = [("a".to_string(), 7)];
+        assert_eq!(inbox.wait_for(never, Duration::from_millis(10)), 1);
     }
 
     #[test]
