@@ -11,6 +11,8 @@
 
 #[path = "harness/mod.rs"]
 mod harness;
+#[path = "harness/mqtt_raw.rs"]
+mod raw;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -363,4 +365,63 @@ fn a_second_connection_takes_the_session_over_with_its_subscription() {
     assert_eq!(got, names("f", 0..20));
     disconnect(&second, &mut second_conn);
     drop(first);
+}
+
+/// (packet id, DUP, payload) of a 3.1.1 QoS 1 PUBLISH frame.
+fn qos1_publish(frame: (u8, Vec<u8>)) -> (u16, bool, String) {
+    let (header, body) = frame;
+    assert_eq!(header & 0xF6, 0x32, "a QoS 1 PUBLISH");
+    let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let pkid = u16::from_be_bytes([body[2 + len], body[3 + len]]);
+    let payload = String::from_utf8_lossy(&body[4 + len..]).into_owned();
+    (pkid, header & 0x08 != 0, payload)
+}
+
+#[test]
+fn unfinished_deliveries_come_again_in_the_order_they_were_first_sent() {
+    let dir = harness::temp_dir();
+    let gateway = Gateway::start(dir.path(), &config(dir.path()));
+    let addr = gateway.mqtt();
+    let hello = raw::connect(4, "ordered", false, &[], None);
+    let (mut s, _) = raw::connected(addr, &hello);
+    let mut body = vec![0, 1];
+    raw::string(b"o/#", &mut body);
+    body.push(1);
+    raw::send(&mut s, &raw::frame(0x82, &body));
+    assert_eq!(raw::read_frame(&mut s).unwrap().0, 0x90, "SUBACK");
+    publish(gateway.port(), "o/t", "m", 0..10, 1);
+    let first: Vec<(u16, bool, String)> = (0..10)
+        .map(|_| qos1_publish(raw::read_frame(&mut s).unwrap()))
+        .collect();
+    for (pkid, _, _) in &first[..9] {
+        raw::send(&mut s, &raw::frame(0x40, &pkid.to_be_bytes()));
+    }
+    drop(s);
+    // Back: m-9 again; then two new ones, none acknowledged.
+    let (mut s, connack) = raw::connected(addr, &hello);
+    assert_eq!(connack, [1, 0], "session present");
+    let again = qos1_publish(raw::read_frame(&mut s).unwrap());
+    assert_eq!((again.1, again.2.as_str()), (true, "m-9"));
+    publish(gateway.port(), "o/t", "n", 0..2, 1);
+    let new: Vec<String> = (0..2)
+        .map(|_| qos1_publish(raw::read_frame(&mut s).unwrap()).2)
+        .collect();
+    assert_eq!(new, names("n", 0..2));
+    drop(s);
+    let (mut s, _) = raw::connected(addr, &hello);
+    let resent: Vec<(bool, String)> = (0..3)
+        .map(|_| {
+            let (_, dup, payload) = qos1_publish(raw::read_frame(&mut s).unwrap());
+            (dup, payload)
+        })
+        .collect();
+    assert_eq!(
+        resent,
+        [
+            (true, "m-9".into()),
+            (true, "n-0".into()),
+            (true, "n-1".into())
+        ],
+        "first-sent order, though the packet ids restarted"
+    );
 }
