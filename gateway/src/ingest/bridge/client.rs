@@ -275,18 +275,30 @@ impl Events {
         Ok(())
     }
 
-    /// Drops the connection (if any) and every request queued for it: an
-    /// ack meant for the old connection must not reach the next one, where
-    /// its packet id may already name another message.
+    /// Drops the connection (if any) and everything rumqttc still holds
+    /// for it: the requests queued, the bytes in its write buffer (acks
+    /// [`Events::write_acks`] put there, or the wake-up, whose flush
+    /// failed) and the events it read but had not handed over. rumqttc's
+    /// `clean` keeps the last two, so the next connection's first flush
+    /// would send the old one's acks and the link would act on its reads.
+    /// An ack must not reach the next connection: there its packet id may
+    /// name no message in flight, and Mosquitto answers a PUBREC for an
+    /// unknown id with a PUBREL anyway, which ends our hold on that id
+    /// (`inflight.rs`) before the broker sends the message again, so it
+    /// would be appended twice.
     pub fn forget_connection(&mut self) {
         match self {
             Events::V4(e) => {
                 e.clean();
                 e.pending.clear();
+                e.state.write.clear();
+                e.state.events.clear();
             }
             Events::V5(e) => {
                 e.clean();
                 e.pending.clear();
+                e.state.write.clear();
+                e.state.events.clear();
             }
         }
     }
