@@ -90,6 +90,11 @@ fn receive(connection: &mut Connection, n: usize) -> Vec<(String, QoS, bool)> {
     got
 }
 
+/// The payloads of the next `n` messages (see [`receive`]).
+fn payloads(connection: &mut Connection, n: usize) -> Vec<String> {
+    receive(connection, n).into_iter().map(|m| m.0).collect()
+}
+
 /// Sends DISCONNECT and runs the event loop until the connection is closed.
 fn disconnect(client: &Client, connection: &mut Connection) {
     client.disconnect().unwrap();
@@ -145,7 +150,7 @@ fn an_aws_sdk_like_device_gets_what_it_missed_across_a_sigkill_of_the_gateway() 
     publish(gateway.port(), "cmd/thing-1/job", "a", 0..300, 1);
     let (client, mut conn, present) = connect(gateway.mqtt(), "thing-1", false);
     assert!(present, "the session was kept");
-    let got: Vec<String> = receive(&mut conn, 300).into_iter().map(|m| m.0).collect();
+    let got: Vec<String> = payloads(&mut conn, 300);
     assert_eq!(
         got,
         names("a", 0..300),
@@ -158,11 +163,11 @@ fn an_aws_sdk_like_device_gets_what_it_missed_across_a_sigkill_of_the_gateway() 
     let gateway = gateway.restart();
     let (client, mut conn, present) = connect(gateway.mqtt(), "thing-1", false);
     assert!(present, "the session survived SIGKILL");
-    let got: Vec<String> = receive(&mut conn, 200).into_iter().map(|m| m.0).collect();
+    let got: Vec<String> = payloads(&mut conn, 200);
     assert_eq!(got, names("b", 0..200), "what it missed, after the restart");
     // A live message on the resumed session, then nothing more is owed.
     publish(gateway.port(), "cmd/thing-1/job", "c", 0..1, 1);
-    let got: Vec<String> = receive(&mut conn, 1).into_iter().map(|m| m.0).collect();
+    let got: Vec<String> = payloads(&mut conn, 1);
     assert_eq!(got, names("c", 0..1));
     disconnect(&client, &mut conn);
     let metrics = gateway.get("/metrics").unwrap();
@@ -206,7 +211,7 @@ fn a_clean_session_discards_the_old_one() {
     // Its subscription went with it: a new one sees only what comes next.
     subscribe(&client, &mut conn, "state/#", QoS::AtLeastOnce);
     publish(gateway.port(), "state/x", "t", 0..1, 1);
-    let payloads: Vec<String> = receive(&mut conn, 1).into_iter().map(|m| m.0).collect();
+    let payloads: Vec<String> = payloads(&mut conn, 1);
     assert_eq!(payloads, names("t", 0..1));
     disconnect(&client, &mut conn);
 }
@@ -336,7 +341,7 @@ fn two_instances_of_an_app_split_a_shared_subscription() {
     // One member leaves: the other gets everything.
     disconnect(&b, &mut conn_b);
     publish(gateway.port(), "jobs/resize", "k", 0..10, 1);
-    let got: Vec<String> = receive(&mut conn_a, 10).into_iter().map(|m| m.0).collect();
+    let got: Vec<String> = payloads(&mut conn_a, 10);
     assert_eq!(got, names("k", 0..10));
     disconnect(&a, &mut conn_a);
 }
@@ -351,10 +356,7 @@ fn a_second_connection_takes_the_session_over_with_its_subscription() {
     let (second, mut second_conn, present) = connect(gateway.mqtt(), "roaming", false);
     assert!(present, "the new connection gets the session");
     publish(gateway.port(), "fleet/cmd", "f", 0..20, 1);
-    let got: Vec<String> = receive(&mut second_conn, 20)
-        .into_iter()
-        .map(|m| m.0)
-        .collect();
+    let got: Vec<String> = payloads(&mut second_conn, 20);
     assert_eq!(got, names("f", 0..20));
     disconnect(&second, &mut second_conn);
     drop(first);
